@@ -1,0 +1,222 @@
+"""Vectorized text generation: many episodes, one reward call per step.
+
+Scoring is the expensive part of an episode's end when the reward is a model. Stepping N
+independent envs would call it once per finished episode; this vector env advances every episode,
+gathers all that finished in this step, and scores them in ONE reward call (one reward-model
+forward of the whole batch), then resets them.
+
+Two faces over the same engine:
+
+* :class:`TextGenerationVectorEnv`, a ``gymnasium.vector.VectorEnv`` (what ``gym.make_vec``
+  returns). It autoresets in the same step (``AutoresetMode.SAME_STEP``): a finished episode's
+  last observation is in ``info["final_obs"]`` and its info in ``info["final_info"]``.
+* :class:`SB3VecEnv`, a stable-baselines3 ``VecEnv`` (what :func:`make_vec_env` returns), with
+  ``terminal_observation`` and an ``episode`` entry in each finished env's info, as SB3's
+  ``VecMonitor`` would add.
+
+Decision: ``SB3VecEnv`` reports ``TimeLimit.truncated=False`` when a response hits
+``max_new_tokens``. The score given at that step is the whole return of the episode (nothing
+follows a finished response), so SB3 must not bootstrap a value after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
+
+from rlhf_gym.envs.text_env import Obs, TextGenerationEnv
+
+
+class TextGenerationVectorEnv(VectorEnv):
+    """``num_envs`` text-generation episodes stepped together; see the module docstring.
+
+    Takes the keyword arguments of :class:`TextGenerationEnv`. The tokenizer, the compiled prompt
+    set and the reward (and any reward model it loads) are built once and shared. Sub-env ``i`` is
+    seeded with ``seed + i``.
+    """
+
+    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int = 1, **env_kwargs: Any) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        first = TextGenerationEnv(**env_kwargs)
+        shared = dict(env_kwargs, tokenizer=first.tokenizer, prompts=first.dataset, reward=first.reward_fn)
+        shared["split"] = "all"  # first.dataset is already the requested split
+        self.envs: list[TextGenerationEnv] = [first] + [
+            TextGenerationEnv(**shared) for _ in range(num_envs - 1)
+        ]
+        self.num_envs = num_envs
+        self.render_mode = first.render_mode
+        self.reward_fn = first.reward_fn
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(first.observation_space, num_envs)
+        self.action_space = batch_space(first.action_space, num_envs)
+        self.reward_calls = 0  # number of reward calls made, for tests and benchmarks
+        self._episode_start = np.zeros(num_envs)
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Obs, dict[str, Any]]:
+        seeds = _seeds(seed, self.num_envs)
+        infos: dict[str, Any] = {}
+        for i, (env, s) in enumerate(zip(self.envs, seeds)):
+            _, info = env.reset(seed=s, options=options)
+            infos = self._add_info(infos, info, i)
+        self._episode_start[:] = time.perf_counter()
+        return self._stack(), infos
+
+    def step(self, actions: np.ndarray) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        actions = np.asarray(actions)
+        if actions.shape[:1] != (self.num_envs,):
+            raise ValueError(f"expected {self.num_envs} actions, got an array of shape {actions.shape}")
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        for i, env in enumerate(self.envs):
+            terminated[i], truncated[i] = env._advance(actions[i])
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        infos: dict[str, Any] = {}
+        done = np.flatnonzero(terminated | truncated)
+        if len(done):
+            finished = [self.envs[i] for i in done]
+            output = self.reward_fn(**TextGenerationEnv._reward_batch(finished))
+            self.reward_calls += 1
+            rewards[done] = output.total
+            now = time.perf_counter()
+            for k, i in enumerate(done):
+                env = self.envs[i]
+                final_info = env._final_info(output, k)
+                final_info["episode"] = {"r": float(output.total[k]), "l": env._n_new, "t": now - self._episode_start[i]}
+                infos = self._add_info(infos, {"final_obs": env._obs(), "final_info": final_info}, int(i))
+                _, reset_info = env.reset()
+                infos = self._add_info(infos, reset_info, int(i))
+                self._episode_start[i] = now
+        return self._stack(), rewards, terminated, truncated, infos
+
+    def action_masks(self) -> np.ndarray:
+        """Stacked action masks, shape ``(num_envs, vocab)``."""
+        return np.stack([env.action_masks() for env in self.envs])
+
+    def render(self) -> tuple[Any, ...] | None:
+        return tuple(env.render() for env in self.envs)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
+
+    def _stack(self) -> Obs:
+        return {
+            "input_ids": np.stack([env._ids for env in self.envs]),
+            "attention_mask": np.stack([env._mask for env in self.envs]),
+        }
+
+
+class SB3VecEnv(VecEnv):
+    """A stable-baselines3 ``VecEnv`` over :class:`TextGenerationVectorEnv`; see the module docstring."""
+
+    def __init__(self, vector_env: TextGenerationVectorEnv) -> None:
+        self.vector_env = vector_env
+        super().__init__(vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space)
+        self.render_mode = vector_env.render_mode
+        self._actions: np.ndarray | None = None
+
+    @property
+    def envs(self) -> list[TextGenerationEnv]:
+        return self.vector_env.envs
+
+    def reset(self) -> Obs:
+        seeds = [s if s is not None else None for s in self._seeds]
+        obs, _ = self.vector_env.reset(seed=seeds if any(s is not None for s in seeds) else None)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> tuple[Obs, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        assert self._actions is not None, "step_async() must be called before step_wait()"
+        obs, rewards, terminated, truncated, vinfos = self.vector_env.step(self._actions)
+        self._actions = None
+        dones = terminated | truncated
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        for i in np.flatnonzero(dones):
+            info = _row(vinfos["final_info"], int(i))
+            info["terminal_observation"] = vinfos["final_obs"][i]
+            info["TimeLimit.truncated"] = False
+            infos[i] = info
+        return obs, rewards.astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        self.vector_env.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self.envs[i], attr_name) for i in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        for i in self._get_indices(indices):
+            setattr(self.envs[i], attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+        return [getattr(self.envs[i], method_name)(*method_args, **method_kwargs) for i in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [None for _ in self.envs]
+
+    def action_masks(self) -> np.ndarray:
+        return self.vector_env.action_masks()
+
+
+def _row(batched: dict[str, Any], i: int) -> dict[str, Any]:
+    """Undo Gymnasium's info batching for env ``i`` (nested dicts and ``_key`` masks)."""
+    out: dict[str, Any] = {}
+    for key, value in batched.items():
+        if key.startswith("_"):
+            continue
+        present = batched.get(f"_{key}")
+        if present is not None and not present[i]:
+            continue
+        out[key] = _row(value, i) if isinstance(value, dict) else _item(value[i])
+    return out
+
+
+def _item(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(n)]
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise ValueError(f"expected {n} seeds, got {len(seeds)}")
+    return seeds
+
+
+def make_vec_env(num_envs: int = 1, *, seed: int | None = None, **env_kwargs: Any) -> SB3VecEnv:
+    """A stable-baselines3 ``VecEnv`` of ``num_envs`` text-generation episodes (batched scoring).
+
+    ``env_kwargs`` are those of :class:`TextGenerationEnv`. ``seed`` seeds sub-env ``i`` with
+    ``seed + i`` at the first reset.
+    """
+    venv = SB3VecEnv(TextGenerationVectorEnv(num_envs, **env_kwargs))
+    if seed is not None:
+        venv.seed(seed)
+    return venv
+
+
+def iter_final_infos(infos: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The infos of finished episodes in an SB3 info list (those with a terminal observation)."""
+    return [info for info in infos if "terminal_observation" in info]
