@@ -33,7 +33,7 @@ def make_env(tiny_tokenizer_dir):
             tokenizer=str(tiny_tokenizer_dir),
             prompts=PROMPTS,
             reward=count_e,
-            max_prompt_tokens=12,
+            max_prompt_tokens=24,
             max_new_tokens=5,
         )
         kwargs.update(overrides)
@@ -51,7 +51,7 @@ def token(tokenizer, text: str) -> int:
 def test_spaces_and_reset(make_env, tiny_tokenizer):
     env = make_env()
     assert env.action_space == gym.spaces.Discrete(len(tiny_tokenizer))
-    L = 12 + 5
+    L = 24 + 5
     assert env.observation_space["input_ids"].shape == (L,)
     assert env.observation_space["input_ids"].dtype == np.int64
     assert env.observation_space["attention_mask"].dtype == np.int64
@@ -158,11 +158,13 @@ def test_different_seeds_give_different_prompt_orders(make_env):
     assert len({tuple(order(s)) for s in range(6)}) > 1
 
 
-def test_checkers_pass_without_warnings(make_env):
+def test_checkers_pass_without_warnings(tiny_tokenizer_dir):
+    kwargs = dict(tokenizer=str(tiny_tokenizer_dir), prompts=PROMPTS, reward=count_e, max_prompt_tokens=24, max_new_tokens=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        gym_check_env(make_env(render_mode="ansi"), skip_render_check=False)
-        sb3_check_env(make_env(), warn=True)
+        # Through gym.make so the checker also exercises the registered spec and render modes.
+        gym_check_env(gym.make(ENV_ID, render_mode="ansi", **kwargs).unwrapped, skip_render_check=False)
+        sb3_check_env(TextGenerationEnv(**kwargs), warn=True)
 
 
 def test_render_ansi(make_env, tiny_tokenizer):
@@ -189,7 +191,7 @@ def test_action_masks(make_env, tiny_tokenizer):
 
 def test_gym_make_by_id_and_module_form(tiny_tokenizer_dir):
     kwargs = dict(
-        tokenizer=str(tiny_tokenizer_dir), prompts=PROMPTS, reward=count_e, max_prompt_tokens=12, max_new_tokens=3
+        tokenizer=str(tiny_tokenizer_dir), prompts=PROMPTS, reward=count_e, max_prompt_tokens=24, max_new_tokens=3
     )
     env = gym.make(ENV_ID, **kwargs)
     obs, _ = env.reset(seed=0)

@@ -1,1 +1,104 @@
-"""placeholder"""
+"""The embedded default task: small assets that let the main job run offline on a laptop CPU.
+
+No machine here reaches a model hub, so the project ships, built by a committed deterministic
+script (``python -m rlhf_gym.envs.default_task.build``), everything one RLHF run needs:
+
+- ``prompts_train.jsonl`` / ``prompts_eval.jsonl``: neutral openings of product reviews
+  ("I bought this tent last week and"), with a ``prompt`` column and a ``topic`` column;
+- ``policy/``: a small GPT-2-style causal LM pre-trained on a synthetic review corpus, which
+  continues a neutral opening positively or negatively about half the time each;
+- ``reward_model/``: a GPT-2 sequence classifier trained on (prompt, chosen, rejected) pairs,
+  preferring positive reviews;
+- ``tokenizer/``: the byte-level BPE tokenizer both models use (also saved inside each);
+- ``preferences.jsonl`` and ``build_report.json``: the reward model's training pairs and the
+  build's figures (perplexity, reward-model accuracy, sizes, seed, time).
+
+Everything loads through the ordinary Hugging Face calls (``AutoTokenizer.from_pretrained``,
+``AutoModelForCausalLM.from_pretrained``, ``AutoModelForSequenceClassification.from_pretrained``)
+on the paths returned here, which is how the env and agents use it; real users pass a hub id or
+their own path instead. :mod:`~rlhf_gym.envs.default_task.lexicon` holds an independent
+sentiment scorer for evaluating RL runs on this task.
+
+This module imports nothing heavy (no torch, no transformers): the env imports it for its
+defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlhf_gym.envs.default_task.lexicon import NEGATIVE_WORDS, POSITIVE_WORDS, lexicon_sentiment
+
+ASSETS_DIR: Path = Path(__file__).resolve().parent / "assets"
+"""Where the built assets live (inside the installed package)."""
+
+BUILD_COMMAND = "python -m rlhf_gym.envs.default_task.build"
+
+
+@dataclass(frozen=True)
+class DefaultTaskConfig:
+    """Env settings the default task was built for."""
+
+    max_prompt_tokens: int = 16
+    """Every default prompt fits in this many tokens (the build checks it)."""
+    max_new_tokens: int = 24
+    """Every generator review body plus EOS fits in this many tokens, so a well-trained policy
+    finishes its review before the env truncates it."""
+
+
+DEFAULTS = DefaultTaskConfig()
+"""The env's defaults when it runs the default task."""
+
+
+class DefaultTaskAssetsMissing(FileNotFoundError):
+    """The default task's assets have not been built (or were built somewhere else)."""
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise DefaultTaskAssetsMissing(
+            f"default task asset not found: {path}. The default task's assets are built, not "
+            f"downloaded: run `{BUILD_COMMAND}` (a few minutes on a CPU) to create them in "
+            f"{ASSETS_DIR}, or pass your own model/tokenizer/prompt paths instead."
+        )
+    return path
+
+
+def tokenizer_path() -> Path:
+    """Directory of the default tokenizer (``AutoTokenizer.from_pretrained`` loads it)."""
+    return _require(ASSETS_DIR / "tokenizer")
+
+
+def policy_path() -> Path:
+    """Directory of the default policy LM and its tokenizer (``AutoModelForCausalLM``)."""
+    return _require(ASSETS_DIR / "policy")
+
+
+def reward_model_path() -> Path:
+    """Directory of the default reward model and its tokenizer
+    (``AutoModelForSequenceClassification``, one logit: higher means preferred)."""
+    return _require(ASSETS_DIR / "reward_model")
+
+
+def prompts_path(split: Literal["train", "eval"] = "train") -> Path:
+    """The default prompt set's JSONL file for ``split`` (columns ``id``, ``prompt``, ``topic``)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    return _require(ASSETS_DIR / f"prompts_{split}.jsonl")
+
+
+__all__ = [
+    "ASSETS_DIR",
+    "DEFAULTS",
+    "NEGATIVE_WORDS",
+    "POSITIVE_WORDS",
+    "DefaultTaskAssetsMissing",
+    "DefaultTaskConfig",
+    "lexicon_sentiment",
+    "policy_path",
+    "prompts_path",
+    "reward_model_path",
+    "tokenizer_path",
+]

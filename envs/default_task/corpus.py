@@ -75,12 +75,12 @@ PRODUCTS: tuple[Product, ...] = (
     Product("rice cooker", False, ("rice", "inner pot", "timer", "steam vent")),
     Product("winter jacket", False, ("hood", "zipper", "lining", "warmth")),
     Product("kitchen knife", False, ("blade", "handle", "edge", "balance")),
-    Product("sunglasses", True, ("lenses", "frame", "fit", "hinge")),
+    Product("sunglasses", True, ("lens tint", "frame", "fit", "hinge")),
     Product("toaster", False, ("browning", "crumb tray", "lever", "timer")),
     Product("video game", False, ("story", "controls", "graphics", "soundtrack")),
     Product("mattress", False, ("firmness", "edge support", "cover", "smell")),
     Product("umbrella", False, ("canopy", "handle", "frame", "button")),
-    Product("keyboard", False, ("keys", "backlight", "layout", "cable")),
+    Product("keyboard", False, ("key feel", "backlight", "layout", "cable")),
     Product("gaming mouse", False, ("sensor", "scroll wheel", "grip", "cable")),
     Product("electric toothbrush", False, ("battery life", "brush head", "timer", "charger")),
 )
@@ -189,7 +189,7 @@ OPENINGS: tuple[tuple[str, Join], ...] = (
     ("So I finally tried the {p}.", "sentence"),
     ("The {p} arrived {when}.", "sentence"),
     ("Here is my take on the {p}.", "sentence"),
-    ("I bought this {p} {when} and", "clause"),
+    ("I bought {this} {p} {when} and", "clause"),
     ("I got the {p} as a gift and", "clause"),
     ("We ordered the {p} {when} and", "clause"),
     ("I have had the {p} for {dur} and", "clause"),
@@ -231,6 +231,7 @@ def sample_opening(rng: random.Random, product: Product | None = None) -> tuple[
     template, join = rng.choice(OPENINGS)
     text = template.format(
         p=product.name,
+        this="these" if product.plural else "this",
         when=rng.choice(_WHEN),
         dur=rng.choice(_DURATION),
         person=rng.choice(_PERSON),
@@ -282,7 +283,7 @@ def _plan(rng: random.Random, join: Join) -> list[str]:
             continue
         if kind == "closing" and (not kinds and join == "clause"):
             continue  # "... and five stars." reads badly; a verdict never opens a clause
-        if kind in kinds and kind != "aspect":
+        if kind in kinds:
             continue
         kinds.append(kind)
     if "closing" in kinds:  # a verdict ends the review

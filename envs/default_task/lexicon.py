@@ -41,7 +41,7 @@ POSITIVE_WORDS: frozenset[str] = frozenset(
     amazing awesome beautiful best better brilliant charming comfortable convenient delight
     delighted delightful dependable durable easy effortless elegant enjoy enjoyable enjoyed
     excellent exceptional excited fabulous fantastic favorite flawless fun glad good gorgeous
-    great happy ideal impressed impressive incredible joy love loved lovely loves magnificent
+    great happily happy ideal impressed impressive incredible joy love loved lovely loves magnificent
     marvelous neat nice outstanding perfect perfectly pleasant pleased pleasure positive
     premium recommend recommended reliable satisfied smooth sturdy stunning superb
     superior thrilled useful valuable well-made wonderful worth
@@ -51,10 +51,10 @@ POSITIVE_WORDS: frozenset[str] = frozenset(
 
 NEGATIVE_WORDS: frozenset[str] = frozenset(
     """
-    annoying awful awkward bad broke broken cheap clumsy complaint complaints damaged defective
+    annoying avoid awful awkward bad broke broken cheap clumsy complaint complaints damaged defective
     disappointed disappointing disappointment dreadful fail failed failing fails faulty flimsy
-    frustrating garbage hate hated hates horrible junk letdown lousy mediocre mess pathetic
-    poor poorly problem problems regret regrets slow terrible ugly uncomfortable unreliable
+    frustrating garbage hate hated hates horrible junk letdown lousy mediocre mess pain pathetic
+    poor poorly problem problems regret regrets sadly slow terrible ugly uncomfortable unreliable
     unusable useless waste worse worst wrong
     """.split()
 )
@@ -63,8 +63,8 @@ NEGATIVE_WORDS: frozenset[str] = frozenset(
 NEGATORS: frozenset[str] = frozenset({"not", "no", "never", "nothing", "hardly", "without"})
 """Words that flip the polarity of an opinion word shortly after them (plus any ``*n't``)."""
 
-#: How many tokens back a negator reaches ("not a single problem": 3).
-NEGATION_WINDOW = 3
+#: How many tokens back a negator reaches ("nothing about it feels cheap": 4).
+NEGATION_WINDOW = 4
 
 # Words, contractions kept whole ("doesn't"), and the punctuation that ends a negator's scope.
 _TOKEN = re.compile(r"[a-z]+(?:[-'][a-z]+)*|[.,;:!?]")
