@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,7 +68,9 @@ def read_records(source: Any) -> list[_Record]:
         return _read_file(Path(source))
     if hasattr(source, "column_names") and hasattr(source, "to_list"):  # datasets.Dataset
         rows = source.to_list()
-        return [_Record(_as_dict(r, f"dataset row {i}"), f"dataset row {i}") for i, r in enumerate(rows)]
+        return [
+            _Record(_as_dict(r, f"dataset row {i}"), f"dataset row {i}") for i, r in enumerate(rows)
+        ]
     if isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
         return [_Record(_as_dict(r, f"item {i}"), f"item {i}") for i, r in enumerate(source)]
     raise TypeError(
@@ -89,7 +91,9 @@ def _read_file(path: Path) -> list[_Record]:
     if not path.exists():
         raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
     if path.is_dir():
-        raise IsADirectoryError(f"prompts={str(path)!r} is a directory; pass a file ({', '.join(_SUFFIXES)})")
+        raise IsADirectoryError(
+            f"prompts={str(path)!r} is a directory; pass a file ({', '.join(_SUFFIXES)})"
+        )
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return list(_read_jsonl(path))
@@ -111,7 +115,9 @@ def _read_file(path: Path) -> list[_Record]:
     if suffix == ".txt":
         lines = path.read_text(encoding="utf-8").splitlines()
         return [_Record({"prompt": s}, f"{path}:{i + 1}") for i, s in enumerate(lines) if s.strip()]
-    raise ValueError(f"unsupported prompt file type {suffix!r} for {path}; use one of {', '.join(_SUFFIXES)}")
+    raise ValueError(
+        f"unsupported prompt file type {suffix!r} for {path}; use one of {', '.join(_SUFFIXES)}"
+    )
 
 
 def _read_jsonl(path: Path) -> Iterator[_Record]:
@@ -125,7 +131,7 @@ def _read_jsonl(path: Path) -> Iterator[_Record]:
             except json.JSONDecodeError as err:
                 raise ValueError(
                     f"{where}: malformed JSON ({err.msg} at column {err.colno}). Each line of a "
-                    "JSONL file must be one JSON object, e.g. {\"prompt\": \"...\"}."
+                    'JSONL file must be one JSON object, e.g. {"prompt": "..."}.'
                 ) from err
             yield _Record(_as_dict(row, where), where)
 
@@ -134,16 +140,22 @@ def _read_json(path: Path) -> list[_Record]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from err
+        raise ValueError(
+            f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})"
+        ) from err
     if isinstance(data, Mapping):  # {"prompt": [...], "topic": [...]} column form
         lengths = {len(v) for v in data.values() if isinstance(v, list)}
         if len(lengths) != 1 or not all(isinstance(v, list) for v in data.values()):
-            raise ValueError(f"{path}: a JSON object must map every column to a list of equal length")
+            raise ValueError(
+                f"{path}: a JSON object must map every column to a list of equal length"
+            )
         n = lengths.pop()
         data = [{k: v[i] for k, v in data.items()} for i in range(n)]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of prompts or a column object")
-    return [_Record(_as_dict(r, f"{path} item {i}"), f"{path} item {i}") for i, r in enumerate(data)]
+    return [
+        _Record(_as_dict(r, f"{path} item {i}"), f"{path} item {i}") for i, r in enumerate(data)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +225,9 @@ class PromptDataset:
         rows: list[PromptRow] = []
         n_truncated = 0
         for i, rec in enumerate(records):
-            text, extras, rendered = _prompt_text(rec, prompt_column, messages_column, chat_template, tokenizer)
+            text, extras, rendered = _prompt_text(
+                rec, prompt_column, messages_column, chat_template, tokenizer
+            )
             ids = tokenizer(text, add_special_tokens=not rendered)["input_ids"]
             if len(ids) == 0:
                 raise ValueError(f"{rec.where}: the prompt tokenizes to zero tokens")
@@ -244,7 +258,9 @@ class PromptDataset:
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
         n_eval = max(1, int(round(len(self) * eval_fraction)))
         if n_eval >= len(self):
-            raise ValueError(f"{self.name}: {len(self)} prompts are too few to hold out {n_eval} for eval")
+            raise ValueError(
+                f"{self.name}: {len(self)} prompts are too few to hold out {n_eval} for eval"
+            )
         order = np.random.default_rng(seed).permutation(len(self))
         eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
         pick = lambda idx, tag: PromptDataset(  # noqa: E731
@@ -278,7 +294,9 @@ def _prompt_text(
             raise ValueError(f"{rec.where}: chat messages given but chat_template=False")
         return _render(value, tokenizer, rec.where), extras, True
     if not isinstance(value, str):
-        raise TypeError(f"{rec.where}: column {column!r} must hold a string or chat messages, got {type(value).__name__}")
+        raise TypeError(
+            f"{rec.where}: column {column!r} must hold a string or chat messages, got {type(value).__name__}"
+        )
     if not value.strip():
         raise ValueError(f"{rec.where}: empty prompt in column {column!r}")
     if chat_template:
@@ -294,7 +312,9 @@ def _is_messages(value: Any) -> bool:
     )
 
 
-def _render(messages: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, where: str) -> str:
+def _render(
+    messages: list[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, where: str
+) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"{where}: chat messages need a chat template, but the tokenizer has none. Fix: set "
@@ -354,5 +374,3 @@ class PromptSampler:
         index = int(self._order[self._pos])
         self._pos += 1
         return index
-
-

@@ -148,7 +148,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         self.max_new_tokens = int(max_new_tokens)
         self.seq_len = self.max_prompt_tokens + self.max_new_tokens
 
-        self.tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code, require_eos=stop_on_eos)
+        self.tokenizer = load_tokenizer(
+            tokenizer, trust_remote_code=trust_remote_code, require_eos=stop_on_eos
+        )
         self.eos_token_id: int | None = self.tokenizer.eos_token_id
         self.pad_token_id: int = int(self.tokenizer.pad_token_id)
         self.stop_on_eos = stop_on_eos
@@ -200,7 +202,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
     # ----------------------------------------------------------------------------------------
     # Gymnasium API
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Obs, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Obs, dict[str, Any]]:
         """Start an episode on a new prompt; ``options={"prompt_index": i}`` picks one."""
         super().reset(seed=seed)
         if seed is not None:
@@ -208,18 +212,28 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         if options and "prompt_index" in options:
             index = int(options["prompt_index"])
             if not 0 <= index < len(self.dataset):
-                raise IndexError(f"prompt_index {index} is out of range for {len(self.dataset)} prompts")
+                raise IndexError(
+                    f"prompt_index {index} is out of range for {len(self.dataset)} prompts"
+                )
         else:
             index = self._sampler.draw(self.np_random)
         self._start(self.dataset[index])
         return self._obs(), {"prompt_index": index}
 
-    def step(self, action: SupportsInt | np.ndarray) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: SupportsInt | np.ndarray
+    ) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
         terminated, truncated = self._advance(action)
         if not (terminated or truncated):
             return self._obs(), 0.0, False, False, {}
         output = self.reward_fn(**self._reward_batch([self]))
-        return self._obs(), float(output.total[0]), terminated, truncated, self._final_info(output, 0)
+        return (
+            self._obs(),
+            float(output.total[0]),
+            terminated,
+            truncated,
+            self._final_info(output, 0),
+        )
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -288,7 +302,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
                 f"action must be one integer token id in [0, {self.vocab_size}), got {action!r}"
             ) from None
         if not 0 <= token < self.vocab_size:
-            raise InvalidAction(f"action {token} is outside the action space Discrete({self.vocab_size})")
+            raise InvalidAction(
+                f"action {token} is outside the action space Discrete({self.vocab_size})"
+            )
         return token
 
     def _hit_stop_string(self) -> bool:
@@ -349,8 +365,10 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         ids = []
         for tok in tokens:
             tid = self.tokenizer.convert_tokens_to_ids(tok) if isinstance(tok, str) else int(tok)
-            if tid is None or not 0 <= tid < self.vocab_size or (
-                isinstance(tok, str) and tid == self.tokenizer.unk_token_id
+            if (
+                tid is None
+                or not 0 <= tid < self.vocab_size
+                or (isinstance(tok, str) and tid == self.tokenizer.unk_token_id)
             ):
                 raise ValueError(f"{arg}: {tok!r} is not a token of this tokenizer/action space")
             ids.append(tid)
@@ -358,7 +376,12 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
 
 
 def _fill_defaults(
-    tokenizer: Any, prompts: Any, reward: Any, max_prompt_tokens: int | None, max_new_tokens: int | None, split: Split
+    tokenizer: Any,
+    prompts: Any,
+    reward: Any,
+    max_prompt_tokens: int | None,
+    max_new_tokens: int | None,
+    split: Split,
 ) -> tuple[Any, Any, Any, int, int, Split]:
     """Fill unset arguments from the embedded default task, loaded only when needed.
 

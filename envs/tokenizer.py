@@ -13,7 +13,6 @@ from typing import Any
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 
-
 def load_tokenizer(
     spec: str | Path | PreTrainedTokenizerBase,
     *,
@@ -55,7 +54,9 @@ def _from_pretrained(name: str, trust_remote_code: bool) -> PreTrainedTokenizerB
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        where = "local directory" if Path(name).exists() else "local directory nor a reachable hub id"
+        where = (
+            "local directory" if Path(name).exists() else "local directory nor a reachable hub id"
+        )
         raise OSError(
             f"could not load a tokenizer from {name!r} (a {where}): {err}. Fix: pass the path of a "
             "directory written by `tokenizer.save_pretrained(...)` or a hub id available offline."

@@ -47,7 +47,9 @@ class TextGenerationVectorEnv(VectorEnv):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         first = TextGenerationEnv(**env_kwargs)
-        shared = dict(env_kwargs, tokenizer=first.tokenizer, prompts=first.dataset, reward=first.reward_fn)
+        shared = dict(
+            env_kwargs, tokenizer=first.tokenizer, prompts=first.dataset, reward=first.reward_fn
+        )
         shared["split"] = "all"  # first.dataset is already the requested split
         self.envs: list[TextGenerationEnv] = [first] + [
             TextGenerationEnv(**shared) for _ in range(num_envs - 1)
@@ -63,20 +65,27 @@ class TextGenerationVectorEnv(VectorEnv):
         self._episode_start = np.zeros(num_envs)
 
     def reset(
-        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+        self,
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> tuple[Obs, dict[str, Any]]:
         seeds = _seeds(seed, self.num_envs)
         infos: dict[str, Any] = {}
-        for i, (env, s) in enumerate(zip(self.envs, seeds)):
+        for i, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
             _, info = env.reset(seed=s, options=options)
             infos = self._add_info(infos, info, i)
         self._episode_start[:] = time.perf_counter()
         return self._stack(), infos
 
-    def step(self, actions: np.ndarray) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         actions = np.asarray(actions)
         if actions.shape[:1] != (self.num_envs,):
-            raise ValueError(f"expected {self.num_envs} actions, got an array of shape {actions.shape}")
+            raise ValueError(
+                f"expected {self.num_envs} actions, got an array of shape {actions.shape}"
+            )
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         for i, env in enumerate(self.envs):
@@ -93,8 +102,14 @@ class TextGenerationVectorEnv(VectorEnv):
             for k, i in enumerate(done):
                 env = self.envs[i]
                 final_info = env._final_info(output, k)
-                final_info["episode"] = {"r": float(output.total[k]), "l": env._n_new, "t": now - self._episode_start[i]}
-                infos = self._add_info(infos, {"final_obs": env._obs(), "final_info": final_info}, int(i))
+                final_info["episode"] = {
+                    "r": float(output.total[k]),
+                    "l": env._n_new,
+                    "t": now - self._episode_start[i],
+                }
+                infos = self._add_info(
+                    infos, {"final_obs": env._obs(), "final_info": final_info}, int(i)
+                )
                 _, reset_info = env.reset()
                 infos = self._add_info(infos, reset_info, int(i))
                 self._episode_start[i] = now
@@ -123,7 +138,9 @@ class SB3VecEnv(VecEnv):
 
     def __init__(self, vector_env: TextGenerationVectorEnv) -> None:
         self.vector_env = vector_env
-        super().__init__(vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space)
+        super().__init__(
+            vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space
+        )
         self.render_mode = vector_env.render_mode
         self._actions: np.ndarray | None = None
 
@@ -164,8 +181,17 @@ class SB3VecEnv(VecEnv):
         for i in self._get_indices(indices):
             setattr(self.envs[i], attr_name, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
-        return [getattr(self.envs[i], method_name)(*method_args, **method_kwargs) for i in self._get_indices(indices)]
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
+        return [
+            getattr(self.envs[i], method_name)(*method_args, **method_kwargs)
+            for i in self._get_indices(indices)
+        ]
 
     def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
         return [False for _ in self._get_indices(indices)]

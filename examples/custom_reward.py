@@ -11,7 +11,6 @@ from pathlib import Path
 
 import gymnasium as gym
 
-import rlhf_gym.envs  # registers rlhf_gym/TextGeneration-v0
 from rlhf_gym.envs import default_task
 from rlhf_gym.rewards import register_reward
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from rlhf_gym.rewards.contract import Reward, RewardFn
 from rlhf_gym.rewards.errors import RewardError
 from rlhf_gym.rewards.registry import _build, _lookup
@@ -89,12 +88,14 @@ class CompositeReward:
                 f"they must have the same length."
             )
         self.rewards: list[RewardFn] = rewards
-        self.weights: list[float] = [_check_weight(n, w) for n, w in zip(names, weights)]
+        self.weights: list[float] = [
+            _check_weight(n, w) for n, w in zip(names, weights, strict=True)
+        ]
         self.names: list[str] = _dedupe(names)
         self._warned_all_none = False
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{n}={w:g}" for n, w in zip(self.names, self.weights))
+        parts = ", ".join(f"{n}={w:g}" for n, w in zip(self.names, self.weights, strict=True))
         return f"CompositeReward({parts})"
 
     def __call__(
@@ -109,7 +110,7 @@ class CompositeReward:
         total = np.zeros(n, dtype=np.float64)
         applied = np.zeros(n, dtype=bool)
         components: dict[str, list[float | None]] = {}
-        for name, weight, fn in zip(self.names, self.weights, self.rewards):
+        for name, weight, fn in zip(self.names, self.weights, self.rewards, strict=True):
             try:
                 raw = fn(prompts=prompts, completions=completions, **kwargs)
             except RewardError:
@@ -176,7 +177,9 @@ def resolve_reward(spec: Any) -> CompositeReward:
         return CompositeReward([instance], names=[_default_name(instance)])
     if callable(spec):
         return CompositeReward([spec])
-    raise TypeError(f"Unsupported reward spec of type {type(spec).__name__}; expected {_SPEC_FORMS}.")
+    raise TypeError(
+        f"Unsupported reward spec of type {type(spec).__name__}; expected {_SPEC_FORMS}."
+    )
 
 
 # --- helpers ------------------------------------------------------------------------------------

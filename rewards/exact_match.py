@@ -54,7 +54,7 @@ def exact_match(column: str = "reference", normalize: bool = True) -> RewardFn:
                 f"{len(completions)} completions; expected one reference per sample."
             )
         out: list[float | None] = []
-        for completion, reference in zip(completions, references):
+        for completion, reference in zip(completions, references, strict=True):
             if reference is None:
                 out.append(None)
                 continue

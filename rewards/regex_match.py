@@ -34,7 +34,9 @@ def regex(pattern: str, mode: Literal["match", "count"] = "match", flags: int = 
     try:
         compiled = re.compile(pattern, flags)
     except re.error as exc:
-        raise ValueError(f"Invalid regular expression {pattern!r} for the regex reward: {exc}") from exc
+        raise ValueError(
+            f"Invalid regular expression {pattern!r} for the regex reward: {exc}"
+        ) from exc
 
     def regex_reward(
         prompts: list[str], completions: list[str], **kwargs: Any

@@ -176,7 +176,9 @@ def _kind(obj: object) -> _Kind:
 def _build(name: str, target: object, kwargs: dict[str, Any]) -> RewardFn:
     """Turn a looked-up object into a reward function, applying ``kwargs`` where it takes them."""
     if not callable(target):
-        raise TypeError(f"Reward {name!r} resolved to {type(target).__name__}, which is not callable.")
+        raise TypeError(
+            f"Reward {name!r} resolved to {type(target).__name__}, which is not callable."
+        )
     kind = _kind(target)
     if kind in ("function", "instance"):
         if kwargs:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-
 from rlhf_gym.rewards.contract import Reward
 
 if TYPE_CHECKING:
@@ -89,13 +88,17 @@ def encode_for_reward_model(
     """
     if len(prompts) != len(completions):
         raise ValueError(f"Got {len(prompts)} prompts and {len(completions)} completions.")
-    texts = [format_for_reward_model(p, c, tokenizer) for p, c in zip(prompts, completions)]
+    texts = [
+        format_for_reward_model(p, c, tokenizer) for p, c in zip(prompts, completions, strict=True)
+    ]
     if not texts:
         return []
     # verbose=False: the "sequence longer than the maximum" warning is moot, we truncate below.
     encoded = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
     bos = tokenizer.bos_token_id
-    fallback = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    fallback = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     out: list[list[int]] = []
     for ids in encoded:
         ids = list(ids)
@@ -108,7 +111,9 @@ def encode_for_reward_model(
     return out
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token id lists into ``(input_ids, attention_mask)``, both int64 of shape (b, L)."""
     width = max((len(s) for s in sequences), default=1)
     input_ids = torch.full((len(sequences), width), int(pad_token_id), dtype=torch.long)
@@ -151,7 +156,9 @@ def load_reward_model(
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        kwargs["dtype"] = (
+            getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        )
     if revision is not None:
         kwargs["revision"] = revision
     local = Path(path).expanduser()
@@ -214,9 +221,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module)
 def default_max_length(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The longest input both the model and tokenizer accept, or ``None`` when neither says."""
     config = getattr(model, "config", None)
-    limits = [
-        getattr(config, attr, None) for attr in ("n_positions", "max_position_embeddings")
-    ]
+    limits = [getattr(config, attr, None) for attr in ("n_positions", "max_position_embeddings")]
     limits.append(getattr(tokenizer, "model_max_length", None))
     # tokenizers without a limit report a huge sentinel (int(1e30)); ignore it.
     usable = [int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
@@ -287,7 +292,9 @@ class RewardModel(Reward):
         revision: str | None = None,
     ) -> None:
         if (path is None) == (model is None):
-            raise ValueError("RewardModel needs exactly one of path=... (directory or hub id) or model=....")
+            raise ValueError(
+                "RewardModel needs exactly one of path=... (directory or hub id) or model=...."
+            )
         if output not in ("logit", "probability"):
             raise ValueError(f"output must be 'logit' or 'probability', got {output!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -304,7 +311,9 @@ class RewardModel(Reward):
             )
         else:
             if tokenizer is None:
-                raise ValueError("RewardModel(model=...) also needs tokenizer=... (object or path).")
+                raise ValueError(
+                    "RewardModel(model=...) also needs tokenizer=... (object or path)."
+                )
             tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
             if dtype is not None and dtype != "auto":
                 model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
@@ -314,7 +323,9 @@ class RewardModel(Reward):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
-        self.max_length = max_length if max_length is not None else default_max_length(model, tokenizer)
+        self.max_length = (
+            max_length if max_length is not None else default_max_length(model, tokenizer)
+        )
         self.output: Output = output
         self.label_index = self._resolve_label(label)
         self.normalize = normalize
@@ -332,7 +343,9 @@ class RewardModel(Reward):
                 )
             return int(label2id[label])
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_labels:
-            raise ValueError(f"label must be an index in [0, {num_labels}) or a label name, got {label!r}.")
+            raise ValueError(
+                f"label must be an index in [0, {num_labels}) or a label name, got {label!r}."
+            )
         return label
 
     def reset(self) -> None:
@@ -374,7 +387,7 @@ class RewardModel(Reward):
                     logits = torch.sigmoid(logits)
                 else:
                     logits = torch.softmax(logits, dim=-1)
-            for i, value in zip(chunk, logits[:, self.label_index].tolist()):
+            for i, value in zip(chunk, logits[:, self.label_index].tolist(), strict=True):
                 scores[i] = float(value)
         return scores
 

@@ -37,7 +37,9 @@ CORPUS = [
 ] * 4
 
 
-def build_tokenizer(vocab_size: int = 300, corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    vocab_size: int = 300, corpus: list[str] | None = None
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with ``<|endoftext|>`` as eos and pad, and a chat template."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -49,7 +51,9 @@ def build_tokenizer(vocab_size: int = 300, corpus: list[str] | None = None) -> P
         show_progress=False,
     )
     tok.train_from_iterator(corpus or CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

@@ -129,7 +129,8 @@ def test_seeded_reproducibility(make_env):
 
     assert rollout(7) == rollout(7)
     orders = {
-        seed: [make_env().reset(seed=seed)[1]["prompt_index"] for _ in range(1)] for seed in range(10)
+        seed: [make_env().reset(seed=seed)[1]["prompt_index"] for _ in range(1)]
+        for seed in range(10)
     }
     assert len({tuple(v) for v in orders.values()}) > 1
 
@@ -159,11 +160,19 @@ def test_different_seeds_give_different_prompt_orders(make_env):
 
 
 def test_checkers_pass_without_warnings(tiny_tokenizer_dir):
-    kwargs = dict(tokenizer=str(tiny_tokenizer_dir), prompts=PROMPTS, reward=count_e, max_prompt_tokens=24, max_new_tokens=5)
+    kwargs = dict(
+        tokenizer=str(tiny_tokenizer_dir),
+        prompts=PROMPTS,
+        reward=count_e,
+        max_prompt_tokens=24,
+        max_new_tokens=5,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         # Through gym.make so the checker also exercises the registered spec and render modes.
-        gym_check_env(gym.make(ENV_ID, render_mode="ansi", **kwargs).unwrapped, skip_render_check=False)
+        gym_check_env(
+            gym.make(ENV_ID, render_mode="ansi", **kwargs).unwrapped, skip_render_check=False
+        )
         sb3_check_env(TextGenerationEnv(**kwargs), warn=True)
 
 
@@ -191,7 +200,11 @@ def test_action_masks(make_env, tiny_tokenizer):
 
 def test_gym_make_by_id_and_module_form(tiny_tokenizer_dir):
     kwargs = dict(
-        tokenizer=str(tiny_tokenizer_dir), prompts=PROMPTS, reward=count_e, max_prompt_tokens=24, max_new_tokens=3
+        tokenizer=str(tiny_tokenizer_dir),
+        prompts=PROMPTS,
+        reward=count_e,
+        max_prompt_tokens=24,
+        max_new_tokens=3,
     )
     env = gym.make(ENV_ID, **kwargs)
     obs, _ = env.reset(seed=0)

@@ -8,7 +8,6 @@ import pytest
 
 from rlhf_gym.envs import TextGenerationEnv, TextGenerationVectorEnv
 from rlhf_gym.rewards import RewardError
-
 from tests._tiny import build_tokenizer
 
 
@@ -58,7 +57,11 @@ def test_reward_plugin_that_raises_is_named(tiny_tokenizer):
 
 @pytest.mark.parametrize(
     "values, message",
-    [([1.0, 2.0], "expected 1"), ([math.nan], "NaN"), ([math.inf], "inf")],
+    [
+        ([1.0, 2.0], "expected 1"),
+        ([math.nan], "returned nan at index 0"),
+        ([math.inf], "returned inf at index 0"),
+    ],
 )
 def test_reward_plugin_bad_values(tiny_tokenizer, values, message):
     def bad(prompts, completions, **kwargs):
@@ -83,15 +86,23 @@ def test_none_reward_adds_zero_and_is_reported(tiny_tokenizer):
 
 def test_reward_model_path_that_does_not_exist(tiny_tokenizer, tmp_path):
     with pytest.raises(OSError, match="missing_rm"):
-        make(tiny_tokenizer, {"reward_model": {"weight": 1.0, "path": str(tmp_path / "missing_rm")}})
+        make(
+            tiny_tokenizer, {"reward_model": {"weight": 1.0, "path": str(tmp_path / "missing_rm")}}
+        )
 
 
 def test_vector_env_reward_errors_name_plugin(tiny_tokenizer):
     def short(prompts, completions, **kwargs):
         return [1.0]  # one value for a whole batch
 
-    venv = TextGenerationVectorEnv(2, tokenizer=tiny_tokenizer, prompts=["a", "b"], reward=short,
-                                   max_prompt_tokens=4, max_new_tokens=1)
+    venv = TextGenerationVectorEnv(
+        2,
+        tokenizer=tiny_tokenizer,
+        prompts=["a", "b"],
+        reward=short,
+        max_prompt_tokens=4,
+        max_new_tokens=1,
+    )
     venv.reset(seed=0)
     with pytest.raises(RewardError, match="short.*expected 2"):
         venv.step([5, 5])

@@ -7,7 +7,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlhf_gym.envs import TextGenerationEnv, TextGenerationVectorEnv
-
 from tests._tiny import build_tokenizer
 
 TOKENIZER = build_tokenizer()
@@ -33,11 +32,23 @@ def check_obs(env, obs, n_new):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=datasets, acts=actions, seed=st.integers(0, 2**16), max_prompt=st.integers(1, 8),
-       max_new=st.integers(1, 6), stop=st.sampled_from([None, ["!"]]))
+@given(
+    data=datasets,
+    acts=actions,
+    seed=st.integers(0, 2**16),
+    max_prompt=st.integers(1, 8),
+    max_new=st.integers(1, 6),
+    stop=st.sampled_from([None, ["!"]]),
+)
 def test_single_env_contract(data, acts, seed, max_prompt, max_new, stop):
-    env = TextGenerationEnv(TOKENIZER, data, length_reward, max_prompt_tokens=max_prompt,
-                            max_new_tokens=max_new, stop_strings=stop)
+    env = TextGenerationEnv(
+        TOKENIZER,
+        data,
+        length_reward,
+        max_prompt_tokens=max_prompt,
+        max_new_tokens=max_new,
+        stop_strings=stop,
+    )
     obs, info = env.reset(seed=seed)
     check_obs(env, obs, 0)
     n_new = 0
@@ -60,8 +71,14 @@ def test_single_env_contract(data, acts, seed, max_prompt, max_new, stop):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=datasets, seed=st.integers(0, 2**16), num_envs=st.integers(1, 4),
-       max_new=st.integers(1, 5), steps=st.integers(1, 15), action_seed=st.integers(0, 1000))
+@given(
+    data=datasets,
+    seed=st.integers(0, 2**16),
+    num_envs=st.integers(1, 4),
+    max_new=st.integers(1, 5),
+    steps=st.integers(1, 15),
+    action_seed=st.integers(0, 1000),
+)
 def test_vector_env_contract(data, seed, num_envs, max_new, steps, action_seed):
     calls = []
 
@@ -69,8 +86,14 @@ def test_vector_env_contract(data, seed, num_envs, max_new, steps, action_seed):
         calls.append(len(completions))
         return length_reward(prompts, completions)
 
-    venv = TextGenerationVectorEnv(num_envs, tokenizer=TOKENIZER, prompts=data, reward=reward,
-                                   max_prompt_tokens=8, max_new_tokens=max_new)
+    venv = TextGenerationVectorEnv(
+        num_envs,
+        tokenizer=TOKENIZER,
+        prompts=data,
+        reward=reward,
+        max_prompt_tokens=8,
+        max_new_tokens=max_new,
+    )
     obs, _ = venv.reset(seed=seed)
     assert venv.observation_space.contains(obs)
     rng = np.random.default_rng(action_seed)

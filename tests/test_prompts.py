@@ -72,14 +72,18 @@ def test_prompt_column_is_configurable(tiny_tokenizer):
 
 
 def test_missing_prompt_column_lists_columns(tiny_tokenizer):
-    with pytest.raises(KeyError, match=r"item 0: no 'prompt' column; the row has columns \['id', 'question'\]"):
+    with pytest.raises(
+        KeyError, match=r"item 0: no 'prompt' column; the row has columns \['id', 'question'\]"
+    ):
         compile_([{"question": "q", "id": 1}], tiny_tokenizer)
 
 
 def test_left_truncation_counted_and_reported_once(tiny_tokenizer):
     long = "the movie was great and the acting was wonderful " * 3
     ids = tiny_tokenizer(long)["input_ids"]
-    with pytest.warns(UserWarning, match="2 of 3 prompts were longer than max_prompt_tokens=5") as record:
+    with pytest.warns(
+        UserWarning, match="2 of 3 prompts were longer than max_prompt_tokens=5"
+    ) as record:
         ds = compile_([long, "hi", long], tiny_tokenizer, max_prompt_tokens=5)
     assert len(record) == 1
     assert ds.n_truncated == 2 and ds[0].truncated and not ds[1].truncated
@@ -89,7 +93,9 @@ def test_left_truncation_counted_and_reported_once(tiny_tokenizer):
 
 def test_truncation_error(tiny_tokenizer):
     long = "the movie was great and the acting was wonderful"
-    with pytest.raises(ValueError, match=r"item 1: prompt has \d+ tokens, more than max_prompt_tokens=3"):
+    with pytest.raises(
+        ValueError, match=r"item 1: prompt has \d+ tokens, more than max_prompt_tokens=3"
+    ):
         compile_(["hi", long], tiny_tokenizer, max_prompt_tokens=3, truncation="error")
 
 
@@ -106,8 +112,14 @@ def test_split_is_seeded_and_disjoint(tiny_tokenizer):
 
 def test_env_split_serves_train_or_eval(tiny_tokenizer, tiny_tokenizer_dir):
     prompts = [f"prompt {i}" for i in range(20)]
-    kw = dict(tokenizer=str(tiny_tokenizer_dir), prompts=prompts, reward=lambda prompts, completions, **k: [0.0] * len(prompts),
-              max_prompt_tokens=8, max_new_tokens=2, eval_fraction=0.2)
+    kw = dict(
+        tokenizer=str(tiny_tokenizer_dir),
+        prompts=prompts,
+        reward=lambda prompts, completions, **k: [0.0] * len(prompts),
+        max_prompt_tokens=8,
+        max_new_tokens=2,
+        eval_fraction=0.2,
+    )
     train = TextGenerationEnv(**kw)
     held_out = TextGenerationEnv(split="eval", **kw)
     assert len(train.dataset) == 16 and len(held_out.dataset) == 4
@@ -155,5 +167,7 @@ def test_chat_messages_need_a_template(tiny_tokenizer):
     ds = compile_(rows, tiny_tokenizer, max_prompt_tokens=32)
     assert ds[0].text == "<|user|>hi\n<|assistant|>"
     # TRL's conversational format: the prompt column itself holds messages.
-    ds = compile_([{"prompt": [{"role": "user", "content": "hi"}]}], tiny_tokenizer, max_prompt_tokens=32)
+    ds = compile_(
+        [{"prompt": [{"role": "user", "content": "hi"}]}], tiny_tokenizer, max_prompt_tokens=32
+    )
     assert ds[0].text == "<|user|>hi\n<|assistant|>"

@@ -28,7 +28,13 @@ class CountingReward(Reward):
 
 
 def env_kwargs(tokenizer_dir, reward, **over):
-    kw = dict(tokenizer=str(tokenizer_dir), prompts=PROMPTS, reward=reward, max_prompt_tokens=8, max_new_tokens=3)
+    kw = dict(
+        tokenizer=str(tokenizer_dir),
+        prompts=PROMPTS,
+        reward=reward,
+        max_prompt_tokens=8,
+        max_new_tokens=3,
+    )
     kw.update(over)
     return kw
 
@@ -93,7 +99,10 @@ def test_sb3_vec_env_face(tiny_tokenizer_dir, tiny_tokenizer):
     for info in infos:
         assert info["response"] == "eee" and info["TimeLimit.truncated"] is False
         assert info["episode"]["r"] == 3.0 and info["episode"]["l"] == 3
-        assert info["terminal_observation"]["attention_mask"].sum() > obs["attention_mask"][0].sum() - 1
+        assert (
+            info["terminal_observation"]["attention_mask"].sum()
+            > obs["attention_mask"][0].sum() - 1
+        )
     assert reward.batch_sizes == [2]
     masks = venv.env_method("action_masks")
     assert len(masks) == 2 and masks[0].all()

@@ -302,7 +302,9 @@ def sample_body(rng: random.Random, label: Label, product: Product, join: Join) 
     """A continuation of an opening in the given tone, with a leading space (as a completion)."""
     while True:
         sentences = [_sentence(rng, kind, label, product) for kind in _plan(rng, join)]
-        parts = [s if (i == 0 and join == "clause") else _capitalise(s) for i, s in enumerate(sentences)]
+        parts = [
+            s if (i == 0 and join == "clause") else _capitalise(s) for i, s in enumerate(sentences)
+        ]
         body = " " + " ".join(parts)
         if len(body.split()) <= MAX_BODY_WORDS:
             return body
