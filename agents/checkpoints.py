@@ -1,0 +1,117 @@
+"""Atomic, resumable training checkpoints.
+
+A checkpoint is a directory ``checkpoints/step_<N>/`` holding the agent (SB3 ``save()``: only
+trainable weights and the optimizer state, plus the base model's path) and ``state.json``: the
+step count, the KL coefficient, and every RNG state (Python, NumPy, torch, and each env's
+prompt sampler), so a resumed run draws the same prompts and samples it would have drawn.
+
+Atomicity: everything is written into ``step_<N>.tmp`` and renamed into place, then the
+``latest`` pointer file is replaced with ``os.replace``. A run killed at any instant leaves
+either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LATEST = "latest"
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``output_dir``, or ``None``."""
+    root = checkpoint_dir(output_dir)
+    pointer = root / LATEST
+    if pointer.is_file():
+        path = root / pointer.read_text().strip()
+        if (path / "state.json").is_file():
+            return path
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": _jsonable(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def env_state(envs: list[Any]) -> list[dict[str, Any]]:
+    """Each sub-env's prompt RNG and sampler position (episodes in flight are not kept)."""
+    return [
+        {
+            "rng": env.np_random.bit_generator.state,
+            "order": env._sampler._order.tolist(),
+            "pos": env._sampler._pos,
+        }
+        for env in envs
+    ]
+
+
+def set_env_state(envs: list[Any], states: list[dict[str, Any]]) -> None:
+    if len(envs) != len(states):
+        raise ValueError(
+            f"the checkpoint was written with {len(states)} envs but this run has {len(envs)}; "
+            "resume with the same --num-envs"
+        )
+    for env, st in zip(envs, states, strict=True):
+        env.np_random.bit_generator.state = st["rng"]
+        env._sampler._order = np.asarray(st["order"], dtype=np.int64)
+        env._sampler._pos = int(st["pos"])
+
+
+def save_checkpoint(output_dir: str | Path, step: int, agent: Any, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``step_<step>`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+    root = checkpoint_dir(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:09d}"
+    tmp = root / f"{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    agent.save(tmp / "agent.zip")
+    (tmp / "state.json").write_text(json.dumps(state))
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer_tmp = root / f"{LATEST}.tmp"
+    pointer_tmp.write_text(name)
+    os.replace(pointer_tmp, root / LATEST)
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / "state.json").read_text())
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, tuple):
+        return [_jsonable(x) for x in obj]
+    return obj
+
+
+def _tuples(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return tuple(_tuples(x) for x in obj)
+    return obj

@@ -1,0 +1,257 @@
+"""The ``rlhf-gym`` command line: train, evaluate, generate, train-rm, rewards, algos.
+
+Every subcommand's options come from a typed dataclass (see :mod:`rlhf_gym.agents.config`), may
+be set in a YAML file with ``--config``, and are listed by ``rlhf-gym <command> --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rlhf_gym.agents.config import add_dataclass_arguments, build_config
+
+console = Console()
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``rlhf-gym evaluate``: held-out evaluation of base and adapter side by side."""
+
+    adapter: str | None = field(default=None, metadata={"help": "adapter directory (a run's adapter/); omit to evaluate the base only"})
+    model: str | None = field(default=None, metadata={"help": "base causal LM path or hub id; default: the adapter's base or the default policy"})
+    prompts: str | None = field(default=None, metadata={"help": "held-out prompt file; default: the default task's eval prompts"})
+    reward: Any = field(default=None, metadata={"help": "reward spec; default: the default task's reward model"})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "longest prompt in tokens"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "longest response in tokens"})
+    episodes: int = field(default=128, metadata={"help": "held-out prompts to sample"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    output: str | None = field(default=None, metadata={"help": "write the report as JSON here"})
+
+
+@dataclass
+class GenerateConfig:
+    """Options of ``rlhf-gym generate``: sample completions from a (adapted) model."""
+
+    prompt: list[str] | None = field(default=None, metadata={"help": "prompt text(s); default: a few held-out prompts"})
+    adapter: str | None = field(default=None, metadata={"help": "adapter directory"})
+    model: str | None = field(default=None, metadata={"help": "base causal LM; default: the adapter's base or the default policy"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate"})
+    num: int = field(default=4, metadata={"help": "completions when no --prompt is given"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+@dataclass
+class TrainRMConfig:
+    """Options of ``rlhf-gym train-rm``: a reward model from preference pairs (Bradley-Terry)."""
+
+    pairs: str = field(default="", metadata={"help": "JSONL of {prompt, chosen, rejected}"})
+    model: str = field(default="", metadata={"help": "sequence-classification (or causal LM) path to start from"})
+    output_dir: str = field(default="runs/reward_model", metadata={"help": "where to save the reward model"})
+    epochs: int = field(default=2, metadata={"help": "passes over the pairs"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per batch"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "pairs held out for accuracy"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+
+def _parser() -> argparse.ArgumentParser:
+    from rlhf_gym.agents.training import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="rlhf-gym",
+        description="RL fine-tuning of language models with LoRA agents (stable-baselines3) on a Gymnasium env.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "train": (TrainConfig, "train a LoRA policy (default: PPO on the embedded default task)"),
+        "evaluate": (EvaluateConfig, "held-out reward, KL, fluency and diversity, base vs adapter"),
+        "generate": (GenerateConfig, "sample completions"),
+        "train-rm": (TrainRMConfig, "train a reward model from preference pairs"),
+    }
+    for name, (cls, text) in commands.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", default=None, help="YAML file of options; flags override it")
+        add_dataclass_arguments(p, cls)
+    sub.add_parser("rewards", help="list reward plugins", description="list reward plugins")
+    sub.add_parser("algos", help="list RL algorithms", description="list RL algorithms")
+    build = sub.add_parser("build-default-task", help="rebuild the embedded default task's assets")
+    build.add_argument("--out", default=None, help="output directory (default: the package's assets)")
+    build.add_argument("--quick", action="store_true", help="a tiny build for tests")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (FileNotFoundError, ValueError, KeyError, OSError, TypeError) as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "rewards":
+        from rlhf_gym.rewards import list_rewards
+
+        for name in list_rewards():
+            print(name)
+        return 0
+    if args.command == "algos":
+        from rlhf_gym.agents import list_algorithms
+
+        for name in list_algorithms():
+            print(name)
+        return 0
+    if args.command == "build-default-task":
+        from rlhf_gym.envs.default_task.build import main as build_main
+
+        return build_main((["--out", args.out] if args.out else []) + (["--quick"] if args.quick else []))
+    if args.command == "train":
+        from rlhf_gym.agents.training import TrainConfig, train
+
+        cfg = build_config(TrainConfig, args, args.config)
+        result = train(cfg)
+        _print_train_report(result)
+        return 0
+    if args.command == "evaluate":
+        return _evaluate(build_config(EvaluateConfig, args, args.config))
+    if args.command == "generate":
+        return _generate(build_config(GenerateConfig, args, args.config))
+    if args.command == "train-rm":
+        cfg = build_config(TrainRMConfig, args, args.config)
+        from rlhf_gym.rewards import train_reward_model
+
+        report = train_reward_model(
+            cfg.pairs, cfg.model, cfg.output_dir, epochs=cfg.epochs, lr=cfg.learning_rate,
+            batch_size=cfg.batch_size, eval_fraction=cfg.eval_fraction, seed=cfg.seed,
+        )
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        return 0
+    raise AssertionError(args.command)
+
+
+def stats_table(title: str, columns: dict[str, Any]) -> Table:
+    """A table of EvalStats side by side (one column per model)."""
+    table = Table(title=title)
+    table.add_column("held-out metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    rows = [
+        ("mean reward", "reward_mean", "{:.3f}"),
+        ("reward std", "reward_std", "{:.3f}"),
+        ("rated positive", "positive_share", "{:.1%}"),
+        ("KL to reference", "kl", "{:.3f}"),
+        ("perplexity under base", "base_ppl", "{:.2f}"),
+        ("distinct-1", "distinct_1", "{:.3f}"),
+        ("distinct-2", "distinct_2", "{:.3f}"),
+        ("mean length (tokens)", "mean_length", "{:.1f}"),
+    ]
+    for label, key, fmt in rows:
+        table.add_row(label, *(fmt.format(getattr(s, key)) for s in columns.values()))
+    metric_names = list(next(iter(columns.values())).metrics)
+    for m in metric_names:
+        table.add_row(f"{m} (independent)", *(f"{s.metrics[m]:.3f}" for s in columns.values()))
+    return table
+
+
+def _print_samples(title: str, samples: list[dict[str, Any]]) -> None:
+    console.print(f"[bold]{title}[/]")
+    for s in samples:
+        console.print(f"  {s['prompt']!s}[cyan]{s['completion']}[/]  [dim](reward {s['reward']:.2f})[/]", highlight=False)
+
+
+def _print_train_report(result: Any) -> None:
+    console.print(stats_table(
+        f"{result.timesteps} steps in {result.seconds:.0f} s", {"before (base)": result.before, "after (LoRA)": result.after}
+    ))
+    _print_samples("samples before", result.before.samples)
+    _print_samples("samples after", result.after.samples)
+    console.print(f"run directory: {result.output_dir}  (adapter/, reward_curve.png, progress.csv, eval.csv)")
+    console.print(f"total time: {result.seconds:.1f} s")
+
+
+def _load_policy_model(adapter: str | None, model: str | None) -> Any:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = model
+    if base is None and adapter is not None:
+        base = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if base is None:
+        from rlhf_gym.envs import default_task
+
+        base = str(default_task.policy_path())
+    lm = AutoModelForCausalLM.from_pretrained(base)
+    if adapter is not None:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--adapter {adapter!r} holds no adapter_config.json (save one with policy.save_pretrained)")
+        lm = PeftModel.from_pretrained(lm, adapter)
+    return lm.eval(), base
+
+
+def _evaluate(cfg: EvaluateConfig) -> int:
+    from rlhf_gym.agents.evaluation import evaluate_model
+    from rlhf_gym.envs import TextGenerationEnv
+
+    lm, base = _load_policy_model(cfg.adapter, cfg.model)
+    env_kwargs: dict[str, Any] = {"split": "eval" if cfg.prompts is None else "all"}
+    for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens"):
+        if getattr(cfg, key) is not None:
+            env_kwargs[key] = getattr(cfg, key)
+    if cfg.model is not None or cfg.adapter is not None:
+        env_kwargs["tokenizer"] = base
+    env = TextGenerationEnv(**env_kwargs)
+    metrics: dict[str, Any] = {}
+    threshold = 0.0
+    if cfg.reward is None:
+        from rlhf_gym.envs import default_task
+
+        metrics = default_task.independent_metrics()
+        threshold = default_task.positive_threshold()
+    rows = list(env.dataset)[: cfg.episodes]
+    kwargs = dict(max_new_tokens=env.max_new_tokens, stop_strings=env.stop_strings,
+                  positive_threshold=threshold, metrics=metrics, seed=cfg.seed)
+    columns = {"base": evaluate_model(lm, env.tokenizer, rows, env.reward_fn, use_adapter=False, **kwargs)}
+    if cfg.adapter is not None:
+        columns["adapter"] = evaluate_model(lm, env.tokenizer, rows, env.reward_fn, use_adapter=True, **kwargs)
+    console.print(stats_table(f"{len(rows)} held-out prompts", columns))
+    for name, stats in columns.items():
+        _print_samples(f"samples ({name})", stats.samples)
+    if cfg.output:
+        Path(cfg.output).write_text(json.dumps({k: dataclasses.asdict(v) for k, v in columns.items()}, indent=2))
+    return 0
+
+
+def _generate(cfg: GenerateConfig) -> int:
+    from rlhf_gym.agents.evaluation import sample
+    from rlhf_gym.envs import PromptDataset, TextGenerationEnv
+
+    lm, base = _load_policy_model(cfg.adapter, cfg.model)
+    if cfg.prompt:
+        from rlhf_gym.envs import load_tokenizer
+
+        tokenizer = load_tokenizer(base)
+        rows = list(PromptDataset.from_source(cfg.prompt, tokenizer, max_prompt_tokens=10**6))
+    else:
+        env = TextGenerationEnv(split="eval")
+        tokenizer, rows = env.tokenizer, list(env.dataset)[: cfg.num]
+    out = sample(lm, tokenizer, rows, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    for row, text in zip(out.rows, out.completions, strict=True):
+        console.print(f"{row.text}[cyan]{text}[/]", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""stable-baselines3 policies whose actor is a Hugging Face causal LM with a LoRA adapter.
+
+:class:`LoRAPolicy` (PPO, A2C, TRPO) and :class:`MaskableLoRAPolicy` (sb3-contrib MaskablePPO)
+share :class:`_LoRACore`, which holds everything LM-specific:
+
+- action logits are the LM's next-token logits at the observation's last valid token; the value
+  is a small head (``value_head``) on the LM's last hidden state at that token;
+- only trainable weights (LoRA, value head, peft ``modules_to_save``) are "parameters of the
+  policy" for stable-baselines3: ``parameters()``/``named_parameters()`` yield only those, so
+  the optimizer, gradient clipping, TRPO's natural gradient and ``save()`` never see the frozen
+  base; ``state_dict()`` holds only those too, and the base is rebuilt from ``model`` (the path
+  or hub id the saved ``policy_kwargs`` record) when an agent is loaded;
+- dropout is forced off everywhere (PPO ratios compare two forwards of the same weights);
+- attention defaults to ``attn_implementation="eager"``: it supports TRPO's double backward,
+  masks with holes (the rollout cache) and is the fastest choice for the small models this
+  library trains on a CPU. Pass ``attn_implementation="sdpa"`` for large models with PPO/A2C;
+- rollout calls (``forward``/``predict_values``/``predict`` under ``torch.no_grad``) go through
+  a per-env KV cache (:mod:`rlhf_gym.agents.kv_cache`); training calls (``evaluate_actions``,
+  ``get_distribution``, any call with gradients) run one forward per sequence
+  (:mod:`rlhf_gym.agents.sequence_eval`), never the cache;
+- the KL reference is the same model with the adapter disabled (:meth:`reference_log_prob`):
+  no second copy of the weights exists.
+
+A model passed as an instance is modified in place (LoRA layers are injected into it). If it
+has no ``name_or_path`` pointing at a directory, saved agents record ``model=None`` and
+loading them needs the model again (:func:`rlhf_gym.agents.load_agent` with ``model=``, or
+``PPO.load(path, custom_objects={"policy_kwargs": {..., "model": model}})``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from peft import LoraConfig, PeftModel
+from sb3_contrib.common.maskable.distributions import make_masked_proba_distribution
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from rlhf_gym.agents.kv_cache import LMCallResult, PastKV, RolloutKVCache
+from rlhf_gym.agents.lora import (
+    apply_lora,
+    disable_dropout,
+    load_causal_lm,
+    lora_config_to_dict,
+    resolve_dtype,
+)
+from rlhf_gym.agents.sequence_eval import group_by_prefix
+
+ValueHead = Literal["linear", "mlp"]
+
+_MISSING_MODEL = (
+    "LoRAPolicy needs policy_kwargs['model']: a path, a hub id or a transformers causal LM. "
+    "If this agent was saved from an in-memory model instance (no path to record), load it with "
+    "rlhf_gym.agents.load_agent(path, model=base_model) or "
+    "PPO.load(path, custom_objects={'policy_kwargs': {..., 'model': base_model}})."
+)
+
+
+def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> int:
+    if not (
+        isinstance(observation_space, spaces.Dict)
+        and {"input_ids", "attention_mask"} <= set(observation_space.spaces)
+    ):
+        raise ValueError(
+            "LoRAPolicy needs the rlhf_gym observation format: "
+            "Dict(input_ids=Box(L,), attention_mask=Box(L,)); got "
+            f"{observation_space}."
+        )
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(f"LoRAPolicy needs a Discrete(vocab) action space; got {action_space}.")
+    return int(action_space.n)
+
+
+def _lm_vocab_size(model: PreTrainedModel) -> int:
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
+class _LoRACore:
+    """LM machinery shared by :class:`LoRAPolicy` and :class:`MaskableLoRAPolicy`.
+
+    Listed first in the bases so its ``__init__`` replaces the MLP-building constructors of
+    ``ActorCriticPolicy``/``MaskableActorCriticPolicy`` (it calls ``BasePolicy.__init__``).
+    """
+
+    model: PeftModel
+    value_head: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        model: str | os.PathLike[str] | PreTrainedModel | None = None,
+        lora: LoraConfig | Mapping[str, Any] | None = None,
+        *,
+        value_head: ValueHead = "linear",
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = "eager",
+        trust_remote_code: bool = False,
+        use_kv_cache: bool = True,
+        eval_chunk_size: int = 64,
+        use_sde: bool = False,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        :param model: the base causal LM: a local path, a hub id or a ``PreTrainedModel``.
+        :param lora: a ``peft.LoraConfig`` or a dict of its fields, merged over
+            :data:`rlhf_gym.agents.lora.DEFAULT_LORA` (``target_modules=None``: peft's choice
+            for known architectures).
+        :param value_head: ``"linear"`` (one ``Linear(hidden, 1)``) or ``"mlp"``
+            (``Linear-Tanh-Linear``), always in float32.
+        :param dtype: dtype to load the base in (``"bfloat16"`` ...); ``None`` keeps the checkpoint's.
+        :param attn_implementation: passed to transformers; ``"eager"`` by default (see module doc).
+        :param trust_remote_code: forwarded to ``from_pretrained``; off unless you ask.
+        :param use_kv_cache: feed one token per env per rollout step (see :mod:`.kv_cache`).
+        :param eval_chunk_size: sequences per forward in training-time evaluation.
+        :param use_sde: must be False (kept because stable-baselines3 always passes it).
+        """
+        if use_sde:
+            raise ValueError("LoRAPolicy does not support gSDE (use_sde=True): actions are discrete.")
+        n_actions = _check_spaces(observation_space, action_space)
+        if optimizer_kwargs is None:
+            optimizer_kwargs = {"eps": 1e-5} if optimizer_class is torch.optim.Adam else {}
+        BasePolicy.__init__(
+            self,  # type: ignore[arg-type]
+            observation_space,
+            action_space,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            normalize_images=False,
+        )
+        if model is None:
+            raise ValueError(_MISSING_MODEL)
+        base, self.model_name_or_path = load_causal_lm(
+            model,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+        vocab = _lm_vocab_size(base)
+        if vocab != n_actions:
+            raise ValueError(
+                f"The model has {vocab} next-token logits but the env's action space is "
+                f"Discrete({n_actions}). Create the env with vocab_size={vocab} "
+                f"(TextGenerationEnv(..., vocab_size={vocab})), or use the tokenizer the model "
+                "was trained with, so that every token id is an action and vice versa."
+            )
+        disable_dropout(base)
+        base.eval()
+        self.model = apply_lora(base, lora)
+        self.lora_config = self.model.peft_config["default"]
+        self.dtype = resolve_dtype(dtype)
+        self.attn_implementation = attn_implementation
+        self.trust_remote_code = trust_remote_code
+        self.use_kv_cache = use_kv_cache
+        self.eval_chunk_size = int(eval_chunk_size)
+        self.value_head_kind = value_head
+        hidden = int(base.config.get_text_config().hidden_size)
+        self.value_head = self._make_value_head(value_head, hidden)
+        # Attributes ActorCriticPolicy's own helpers read.
+        self.use_sde = False
+        self.dist_kwargs = None
+        self.share_features_extractor = True
+        self.action_dist = self._make_action_dist(action_space)
+
+        forward_params = inspect.signature(self.model.get_base_model().forward).parameters
+        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
+        self._has_logits_to_keep = "logits_to_keep" in forward_params
+        self._kv_caches: dict[int, RolloutKVCache] = {}
+        self._weights_version = 0
+        self.optimizer = optimizer_class(
+            self._trainable_parameters(), lr=lr_schedule(1), **optimizer_kwargs
+        )
+
+    # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _make_value_head(kind: ValueHead, hidden: int) -> nn.Module:
+        if kind == "linear":
+            head: nn.Module = nn.Linear(hidden, 1)
+        elif kind == "mlp":
+            head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        else:
+            raise ValueError(f"value_head must be 'linear' or 'mlp', got {kind!r}.")
+        for module in head.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.orthogonal_(module.weight, gain=1.0 if module.out_features == 1 else 2**0.5)
+                nn.init.zeros_(module.bias)
+        return head
+
+    def _make_action_dist(self, action_space: spaces.Space) -> Any:
+        return CategoricalDistribution(int(action_space.n))  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ what SB3 sees
+    def named_parameters(  # type: ignore[override]
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """Only trainable parameters: the frozen base is not a parameter of the *policy*."""
+        for name, param in nn.Module.named_parameters(self, prefix, recurse, remove_duplicate):  # type: ignore[arg-type]
+            if param.requires_grad:
+                yield name, param
+
+    def _trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def _trainable_state_names(self) -> set[str]:
+        names = {name for name, _ in self.named_parameters()}
+        names |= {f"value_head.{name}" for name, _ in self.value_head.named_buffers()}
+        return names
+
+    def state_dict(  # type: ignore[override]
+        self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Trainable tensors only (LoRA, value head, modules_to_save): checkpoints stay adapter-sized."""
+        full = nn.Module.state_dict(self, *args, prefix=prefix, keep_vars=keep_vars)  # type: ignore[arg-type]
+        keep = {prefix + name for name in self._trainable_state_names()}
+        out = destination if destination is not None else OrderedDict()
+        for key, value in full.items():
+            if key in keep:
+                out[key] = value
+        return out
+
+    def load_state_dict(  # type: ignore[override]
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load trainable tensors; ``strict`` checks exactly those (the base comes from ``model``)."""
+        expected = self._trainable_state_names()
+        full_keys = set(nn.Module.state_dict(self).keys())  # type: ignore[arg-type]
+        missing = sorted(expected - set(state_dict))
+        unexpected = sorted(set(state_dict) - full_keys)
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"Error loading {type(self).__name__} state: missing keys {missing[:8]}, "
+                f"unexpected keys {unexpected[:8]}. Was the checkpoint saved with a different "
+                "LoRA config (r, target_modules) or value_head?"
+            )
+        result = nn.Module.load_state_dict(self, state_dict, strict=False, assign=assign)  # type: ignore[arg-type]
+        self._weights_changed()
+        return result
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return dict(
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            lr_schedule=BasePolicy._dummy_schedule,
+            model=self.model_name_or_path,
+            lora=lora_config_to_dict(self.lora_config),
+            value_head=self.value_head_kind,
+            dtype=None if self.dtype is None else str(self.dtype).removeprefix("torch."),
+            attn_implementation=self.attn_implementation,
+            trust_remote_code=self.trust_remote_code,
+            use_kv_cache=self.use_kv_cache,
+            eval_chunk_size=self.eval_chunk_size,
+            optimizer_class=self.optimizer_class,
+            optimizer_kwargs=self.optimizer_kwargs,
+        )
+
+    def set_training_mode(self, mode: bool) -> None:
+        """The LM always stays in eval mode (dropout is off anyway); entering a training phase
+        invalidates the rollout KV cache, since the weights are about to change."""
+        self.train(False)  # type: ignore[attr-defined]
+        if mode:
+            self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        self._weights_version += 1
+        self._kv_caches.clear()
+
+    def _fingerprint(self) -> Hashable:
+        return (
+            self._weights_version,
+            tuple((p.data_ptr(), p._version) for p in self._trainable_parameters()),
+        )
+
+    # ------------------------------------------------------------------ LM forwards
+    def _obs_tokens(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
+        # SB3's buffers and preprocess_obs hold Box observations as float32: exact for ids < 2**24.
+        assert isinstance(obs, dict)
+        ids = obs["input_ids"].to(self.device).round().long()  # type: ignore[attr-defined]
+        mask = obs["attention_mask"].to(self.device).round().long()  # type: ignore[attr-defined]
+        return ids, mask
+
+    def _lm_call(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: PastKV | None,
+    ) -> LMCallResult:
+        """One incremental forward for the KV cache: outputs at each row's last fed token."""
+        cache = DynamicCache(ddp_cache_data=past) if past is not None else DynamicCache()
+        kwargs: dict[str, Any] = {self._cache_kw: cache}
+        if self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            output_hidden_states=True,
+            **kwargs,
+        )
+        new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        layers = getattr(new_cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            raise _CacheUnsupported(type(new_cache).__name__)
+        return LMCallResult(
+            out.logits[:, -1].float(),
+            out.hidden_states[-1][:, -1].float(),
+            [(layer.keys, layer.values) for layer in layers],
+        )
+
+    def _sequence_outputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits/hidden at each row's last valid token, one forward per prefix group."""
+        groups = group_by_prefix(input_ids, attention_mask)
+        lengths = groups.lengths
+        n_groups = len(groups.representatives)
+        order_parts: list[torch.Tensor] = []
+        logit_parts: list[torch.Tensor] = []
+        hidden_parts: list[torch.Tensor] = []
+        for start in range(0, n_groups, self.eval_chunk_size):
+            stop = min(n_groups, start + self.eval_chunk_size)
+            rows = groups.representatives[start:stop]
+            members = ((groups.group >= start) & (groups.group < stop)).nonzero().flatten()
+            local = groups.group[members] - start
+            pos = lengths[members] - 1
+            width = int(lengths[rows].max())
+            ids = input_ids[rows, :width]
+            mask = attention_mask[rows, :width]
+            position_ids = torch.arange(width, device=ids.device).expand(len(rows), width)
+            kwargs: dict[str, Any] = {}
+            keep = None
+            if self._has_logits_to_keep:
+                # Only project the positions some transition needs onto the vocabulary.
+                keep = torch.zeros(len(rows), width, dtype=torch.bool, device=ids.device)
+                keep[local, pos] = True
+                kwargs["logits_to_keep"] = keep
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=False,
+                output_hidden_states=True,
+                **kwargs,
+            )
+            if keep is not None and out.logits.dim() == 2:
+                flat_index = keep.flatten().long().cumsum(0) - 1
+                logits = out.logits[flat_index[local * width + pos]]
+            else:
+                logits = out.logits[local, pos]
+            order_parts.append(members)
+            logit_parts.append(logits.float())
+            hidden_parts.append(out.hidden_states[-1][local, pos].float())
+        inverse = torch.argsort(torch.cat(order_parts))
+        return torch.cat(logit_parts)[inverse], torch.cat(hidden_parts)[inverse]
+
+    def _last_outputs(
+        self, obs: PyTorchObs, *, use_cache: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self._obs_tokens(obs)
+        if use_cache and self.use_kv_cache and not torch.is_grad_enabled():
+            cache = self._kv_caches.setdefault(ids.shape[0], RolloutKVCache())
+            try:
+                return cache.step(self._lm_call, ids, mask, self._fingerprint())
+            except _CacheUnsupported as exc:
+                warnings.warn(
+                    f"{type(self.model.get_base_model()).__name__} returned a {exc} cache that the "
+                    "rollout KV cache cannot re-layout; falling back to full forwards "
+                    "(use_kv_cache=False).",
+                    stacklevel=2,
+                )
+                self.use_kv_cache = False
+                self._kv_caches.clear()
+        return self._sequence_outputs(ids, mask)
+
+    def kv_cache(self, batch_size: int) -> RolloutKVCache | None:
+        """The rollout cache used for batches of ``batch_size`` observations (for tests/benchmarks)."""
+        return self._kv_caches.get(batch_size)
+
+    # ------------------------------------------------------------------ reference policy (KL)
+    @torch.no_grad()
+    def reference_log_prob(
+        self,
+        obs: PyTorchObs,
+        actions: torch.Tensor,
+        action_masks: torch.Tensor | np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """``log pi_ref(a|s)`` under the base model: the same weights with the adapter disabled."""
+        ids, mask = self._obs_tokens(obs)
+        with self.model.disable_adapter():
+            logits, _ = self._sequence_outputs(ids, mask)
+        dist = self._distribution(logits, action_masks)
+        return dist.log_prob(actions.to(logits.device).long().flatten())
+
+    # ------------------------------------------------------------------ distributions
+    def _distribution(self, logits: torch.Tensor, action_masks: Any = None) -> Any:
+        dist = self.action_dist.proba_distribution(action_logits=logits)
+        if action_masks is not None:
+            dist.apply_masking(action_masks)
+        return dist
+
+    def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
+        _, hidden = self._last_outputs(obs, use_cache=True)
+        return self.value_head(hidden)
+
+    # ------------------------------------------------------------------ export
+    def save_pretrained(
+        self, save_directory: str | os.PathLike[str], *, merged: bool = False, tokenizer: Any = None
+    ) -> str:
+        """Write the peft adapter (or, ``merged=True``, a plain HF model) to ``save_directory``."""
+        from rlhf_gym.agents.export import export_adapter, export_merged
+
+        if merged:
+            return export_merged(self, save_directory, tokenizer=tokenizer)  # type: ignore[arg-type]
+        return export_adapter(self, save_directory)  # type: ignore[arg-type]
+
+
+class _CacheUnsupported(RuntimeError):
+    """The model's cache is not a plain DynamicCache; the rollout cache cannot re-layout it."""
+
+
+class LoRAPolicy(_LoRACore, ActorCriticPolicy):
+    """Actor-critic policy for PPO, A2C and TRPO: LM next-token logits + value head, LoRA-trained.
+
+    Pass the base model through ``policy_kwargs={"model": ..., "lora": {...}}`` (see
+    :meth:`_LoRACore.__init__` for every option), or use :func:`rlhf_gym.agents.make_agent`.
+    """
+
+    def forward(
+        self, obs: PyTorchObs, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, hidden = self._last_outputs(obs, use_cache=True)
+        dist = self._distribution(logits)
+        actions = dist.get_actions(deterministic=deterministic)
+        return actions.reshape(-1), self.value_head(hidden), dist.log_prob(actions)
+
+    def evaluate_actions(
+        self, obs: PyTorchObs, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, hidden = self._last_outputs(obs, use_cache=False)
+        dist = self._distribution(logits)
+        actions = actions.long().flatten()
+        return self.value_head(hidden), dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(self, obs: PyTorchObs) -> Any:
+        logits, _ = self._last_outputs(obs, use_cache=False)
+        return self._distribution(logits)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> torch.Tensor:
+        logits, _ = self._last_outputs(observation, use_cache=True)
+        return self._distribution(logits).get_actions(deterministic=deterministic)
+
+
+class MaskableLoRAPolicy(_LoRACore, MaskableActorCriticPolicy):
+    """:class:`LoRAPolicy` for sb3-contrib's MaskablePPO: env ``action_masks()`` restrict tokens."""
+
+    def _make_action_dist(self, action_space: spaces.Space) -> Any:
+        return make_masked_proba_distribution(action_space)
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: PyTorchObs,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, hidden = self._last_outputs(obs, use_cache=True)
+        dist = self._distribution(logits, action_masks)
+        actions = dist.get_actions(deterministic=deterministic)
+        return actions.reshape(-1), self.value_head(hidden), dist.log_prob(actions)
+
+    def evaluate_actions(  # type: ignore[override]
+        self,
+        obs: PyTorchObs,
+        actions: torch.Tensor,
+        action_masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, hidden = self._last_outputs(obs, use_cache=False)
+        dist = self._distribution(logits, action_masks)
+        actions = actions.long().flatten()
+        return self.value_head(hidden), dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(  # type: ignore[override]
+        self, obs: PyTorchObs, action_masks: np.ndarray | None = None
+    ) -> Any:
+        logits, _ = self._last_outputs(obs, use_cache=False)
+        return self._distribution(logits, action_masks)
+
+    def _predict(  # type: ignore[override]
+        self,
+        observation: PyTorchObs,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        logits, _ = self._last_outputs(observation, use_cache=True)
+        return self._distribution(logits, action_masks).get_actions(deterministic=deterministic)

@@ -1,0 +1,331 @@
+"""``rlhf-gym train``: one typed config in, a trained adapter and a run directory out.
+
+The run directory holds ``config.yaml``, ``metrics.csv`` (SB3's logger: ``rollout/``,
+``train/``, ``eval/`` namespaces), TensorBoard events when tensorboard is installed,
+``checkpoints/`` (atomic, resumable), ``eval.csv`` (held-out evaluation over training),
+``reward_curve.png``, ``samples.json`` (generations before and after) and ``adapter/`` (a peft
+adapter that ``PeftModel.from_pretrained`` loads).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import configure
+
+from rlhf_gym.agents import checkpoints as ckpt
+from rlhf_gym.agents.evaluation import EvalStats, evaluate_model
+from rlhf_gym.envs import PromptDataset, TextGenerationEnv, make_vec_env
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``rlhf-gym train`` needs; each field is a ``--flag`` and a YAML key."""
+
+    algo: str = field(default="ppo", metadata={"help": "RL algorithm by name (see `rlhf-gym algos`)"})
+    model: str | None = field(default=None, metadata={"help": "causal LM path or hub id; default: the embedded default policy"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer path or hub id; default: the model's"})
+    prompts: str | None = field(default=None, metadata={"help": "training prompt file; default: the default task's"})
+    eval_prompts: str | None = field(default=None, metadata={"help": "held-out prompt file; default: the default task's, else eval_fraction of prompts"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "share of prompts held out when no eval_prompts file is given"})
+    reward: Any = field(default=None, metadata={"help": "reward spec: a name, module:attr, or JSON mix; default: the default task's reward model"})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "longest prompt in tokens (left-truncated)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "longest response in tokens"})
+    total_timesteps: int = field(default=16384, metadata={"help": "environment steps (tokens generated) to train for"})
+    num_envs: int = field(default=32, metadata={"help": "episodes generated in parallel"})
+    n_steps: int | None = field(default=None, metadata={"help": "rollout steps per env per update (algorithm default if unset)"})
+    batch_size: int | None = field(default=None, metadata={"help": "minibatch size (PPO-style algorithms)"})
+    n_epochs: int | None = field(default=None, metadata={"help": "passes over each rollout (PPO-style algorithms)"})
+    learning_rate: float | None = field(default=None, metadata={"help": "optimizer learning rate"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "modules to adapt; default: peft's choice for the architecture"})
+    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty beta (initial value when adaptive)"})
+    kl_target: float | None = field(default=None, metadata={"help": "target KL per episode; enables the adaptive controller"})
+    kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL horizon in steps"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
+    output_dir: str = field(default="runs/default", metadata={"help": "run directory"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate on held-out prompts every N steps (0: only before and after)"})
+    eval_episodes: int = field(default=128, metadata={"help": "held-out prompts per evaluation"})
+    checkpoint_every: int = field(default=4096, metadata={"help": "checkpoint every N steps"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
+    num_samples: int = field(default=4, metadata={"help": "sample generations shown before and after"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the model directory"})
+
+
+@dataclass
+class TrainResult:
+    before: EvalStats
+    after: EvalStats
+    seconds: float
+    output_dir: Path
+    timesteps: int
+
+
+def default_metrics(cfg: TrainConfig) -> dict[str, Any]:
+    """Independent metrics for the default task (a lexicon scorer the reward model never saw)."""
+    if cfg.reward is not None:
+        return {}
+    from rlhf_gym.envs import default_task
+
+    return default_task.independent_metrics()
+
+
+def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.tokenizer is not None or cfg.model is not None:
+        kwargs["tokenizer"] = cfg.tokenizer or cfg.model
+    for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens"):
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
+    if cfg.prompts is not None and cfg.eval_prompts is None:
+        kwargs["eval_fraction"] = cfg.eval_fraction
+    return kwargs
+
+
+def eval_env(cfg: TrainConfig) -> TextGenerationEnv:
+    kwargs = env_kwargs(cfg)
+    if cfg.eval_prompts is not None:
+        kwargs.update(prompts=cfg.eval_prompts, split="all")
+    else:
+        kwargs["split"] = "eval"
+    return TextGenerationEnv(**kwargs)
+
+
+class EvalCallback(BaseCallback):
+    """Held-out evaluation every ``every`` steps; rows go to ``eval.csv`` and the SB3 logger."""
+
+    def __init__(self, run: _Run, every: int) -> None:
+        super().__init__()
+        self.run = run
+        self.every = every
+        self._next = every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.every and self.num_timesteps >= self._next:
+            self._next += self.every
+            stats = self.run.evaluate(use_adapter=True)
+            self.run.log_eval(self.num_timesteps, stats)
+            for key, value in stats.as_row().items():
+                self.logger.record(f"eval/{key}", value)
+
+
+class CheckpointCallback(BaseCallback):
+    """Checkpoints between updates (after one, before the next rollout): a consistent state."""
+
+    def __init__(self, run: _Run, every: int) -> None:
+        super().__init__()
+        self.run = run
+        self.every = every
+        self._last = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.every and self.num_timesteps - self._last >= self.every:
+            self._last = self.num_timesteps
+            self.run.checkpoint()
+
+
+class _Run:
+    """The state of one training run; ``train`` below drives it."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from rlhf_gym.agents import load_agent, make_agent
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.venv = make_vec_env(cfg.num_envs, seed=cfg.seed, **env_kwargs(cfg))
+        self.eval_env = eval_env(cfg)
+        self.metrics = default_metrics(cfg)
+        self.positive_threshold = self._positive_threshold()
+        self.resumed_from = ckpt.latest_checkpoint(self.out) if cfg.resume else None
+        if cfg.resume and self.resumed_from is None:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint under {ckpt.checkpoint_dir(self.out)}; start without "
+                "--resume, or point --output-dir at the run to continue"
+            )
+        if self.resumed_from is not None:
+            self.agent = load_agent(self.resumed_from / "agent.zip", self.venv, device=cfg.device)
+            state = ckpt.load_state(self.resumed_from)
+            self.agent.num_timesteps = int(state["num_timesteps"])
+            self._set_kl_coef(state.get("kl_coef"))
+            ckpt.set_rng_state(state["rng"])
+            ckpt.set_env_state(self.venv.envs, state["envs"])
+        else:
+            lora: dict[str, Any] = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0}
+            if cfg.lora_target_modules:
+                lora["target_modules"] = cfg.lora_target_modules
+            algo_kwargs = {
+                k: getattr(cfg, k)
+                for k in ("n_steps", "batch_size", "n_epochs", "learning_rate")
+                if getattr(cfg, k) is not None
+            }
+            self.agent = make_agent(
+                cfg.algo,
+                self.venv,
+                model=cfg.model or _default_model(),
+                lora=lora,
+                kl_coef=cfg.kl_coef,
+                kl_target=cfg.kl_target,
+                kl_horizon=cfg.kl_horizon,
+                seed=cfg.seed,
+                device=cfg.device,
+                trust_remote_code=cfg.trust_remote_code,
+                **algo_kwargs,
+            )
+        formats = ["csv"] + (["tensorboard"] if _has_tensorboard() else [])
+        self.agent.set_logger(configure(str(self.out), formats))
+
+    @property
+    def model(self) -> Any:
+        return self.agent.policy.model
+
+    def _positive_threshold(self) -> float:
+        if self.cfg.reward is None:
+            from rlhf_gym.envs import default_task
+
+            return default_task.positive_threshold()
+        return 0.0
+
+    def _kl_controller(self) -> Any:
+        return getattr(self.agent, "kl_controller", None) or getattr(self.agent.rollout_buffer, "kl_controller", None)
+
+    def _set_kl_coef(self, value: float | None) -> None:
+        controller = self._kl_controller()
+        if controller is not None and value is not None:
+            controller.value = float(value)
+
+    def evaluate(self, use_adapter: bool) -> EvalStats:
+        env = self.eval_env
+        rows = list(env.dataset)[: self.cfg.eval_episodes]
+        return evaluate_model(
+            self.model,
+            env.tokenizer,
+            rows,
+            env.reward_fn,
+            max_new_tokens=env.max_new_tokens,
+            use_adapter=use_adapter,
+            stop_strings=env.stop_strings,
+            positive_threshold=self.positive_threshold,
+            metrics=self.metrics,
+            seed=self.cfg.seed,
+            n_samples_kept=self.cfg.num_samples,
+        )
+
+    def log_eval(self, step: int, stats: EvalStats) -> None:
+        path = self.out / "eval.csv"
+        row = {"step": step, **stats.as_row()}
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def checkpoint(self) -> Path:
+        controller = self._kl_controller()
+        state = {
+            "num_timesteps": int(self.agent.num_timesteps),
+            "kl_coef": float(controller.value) if controller is not None else None,
+            "rng": ckpt.rng_state(),
+            "envs": ckpt.env_state(self.venv.envs),
+            "config": dataclasses.asdict(self.cfg),
+        }
+        return ckpt.save_checkpoint(self.out, int(self.agent.num_timesteps), self.agent, state)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train ``cfg.algo`` on the env ``cfg`` describes; see the module docstring for outputs."""
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    run = _Run(cfg)
+    before = run.evaluate(use_adapter=False)
+    if run.resumed_from is None:
+        run.log_eval(0, before)
+    callbacks = CallbackList([EvalCallback(run, cfg.eval_every), CheckpointCallback(run, cfg.checkpoint_every)])
+    remaining = max(0, cfg.total_timesteps - int(run.agent.num_timesteps))
+    run.agent.learn(
+        remaining,
+        callback=callbacks,
+        progress_bar=cfg.progress_bar,
+        reset_num_timesteps=run.resumed_from is None,
+    )
+    run.checkpoint()
+    after = run.evaluate(use_adapter=True)
+    run.log_eval(int(run.agent.num_timesteps), after)
+    run.agent.policy.save_pretrained(out / "adapter")
+    (out / "samples.json").write_text(
+        json.dumps({"before": before.samples, "after": after.samples}, indent=2, ensure_ascii=False)
+    )
+    plot_reward_curve(out)
+    return TrainResult(before, after, time.perf_counter() - start, out, int(run.agent.num_timesteps))
+
+
+def plot_reward_curve(out: Path) -> Path | None:
+    """``reward_curve.png`` from the rollout rewards in ``progress.csv`` and held-out evals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    progress = out / "progress.csv"
+    if progress.exists():
+        rows = list(csv.DictReader(progress.open()))
+        pts = [(float(r["time/total_timesteps"]), float(r["rollout/ep_rew_mean"]))
+               for r in rows if r.get("rollout/ep_rew_mean") and r.get("time/total_timesteps")]
+        if pts:
+            ax.plot(*np.array(pts).T, label="rollout reward (train prompts)")
+    evals = out / "eval.csv"
+    if evals.exists():
+        rows = list(csv.DictReader(evals.open()))
+        ax.plot([float(r["step"]) for r in rows], [float(r["reward_mean"]) for r in rows], "o-",
+                label="held-out reward")
+    ax.set_xlabel("environment steps (tokens)")
+    ax.set_ylabel("mean episode reward")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "reward_curve.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _default_model() -> str:
+    from rlhf_gym.envs import default_task
+
+    return str(default_task.policy_path())
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def prompt_rows(path: str, env: TextGenerationEnv) -> PromptDataset:
+    return PromptDataset.from_source(path, env.tokenizer, max_prompt_tokens=env.max_prompt_tokens)
