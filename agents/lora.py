@@ -8,6 +8,7 @@ deterministic?", and each of those answers has an error message a user must be a
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -187,7 +188,11 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig | Mapping[str, Any] | No
     for param in model.parameters():
         param.requires_grad_(False)
     try:
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft flips fan_in_fan_out for GPT-2's Conv1D itself; its notice is noise here.
+            warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            peft_model = get_peft_model(model, config)
     except ValueError as exc:
         message = str(exc)
         if "target_modules" in message or "not found in the base model" in message:

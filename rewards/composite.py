@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from rlhf_gym.rewards.contract import Reward, RewardFn
 from rlhf_gym.rewards.errors import RewardError
-from rlhf_gym.rewards.registry import _build, _lookup
+from rlhf_gym.rewards.registry import _build, _kind, _lookup
 
 __all__ = ["CompositeReward", "RewardOutput", "resolve_reward"]
 
@@ -176,6 +177,12 @@ def resolve_reward(spec: Any) -> CompositeReward:
         instance = spec()
         return CompositeReward([instance], names=[_default_name(instance)])
     if callable(spec):
+        if _kind(spec) == "factory":
+            raise TypeError(
+                f"{_default_name(spec)!r} looks like a reward factory, not a reward: its signature "
+                f"takes no 'completions'. Call it first (resolve_reward(factory(...))) or use its "
+                f"registered name with parameters ({{name: {{'weight': 1.0, **params}}}})."
+            )
         return CompositeReward([spec])
     raise TypeError(
         f"Unsupported reward spec of type {type(spec).__name__}; expected {_SPEC_FORMS}."

@@ -49,6 +49,6 @@ def length(unit: LengthUnit = "tokens", target: int | None = None) -> RewardFn:
             sizes = [len(c.split()) for c in completions]
         if target is None:
             return [float(s) for s in sizes]
-        return [-float(abs(s - target)) for s in sizes]
+        return [float(-abs(s - target)) for s in sizes]
 
     return length_reward

@@ -10,8 +10,8 @@ Lookup order for :func:`get_reward` (the same shape as Gymnasium's env registry)
 
 A registered object is one of three kinds, told apart by its type and signature:
 
-* a **reward function** (a callable whose signature names ``completions`` or takes ``*args``),
-  returned as is; it takes no parameters;
+* a **reward function** (a callable whose signature names ``completions``, or takes ``*args``,
+  or takes nothing but ``**kwargs``), returned as is; it takes no parameters;
 * a :class:`~rlhf_gym.rewards.Reward` **subclass**, instantiated with the keyword arguments given
   to :func:`get_reward`;
 * a **factory**: any other callable; called with those keyword arguments, it must return a
@@ -170,6 +170,8 @@ def _kind(obj: object) -> _Kind:
         p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()
     ):
         return "function"
+    if params and all(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return "function"  # fn(**kwargs): everything arrives by keyword, as rewards are called
     return "factory"
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
 from rlhf_gym.rewards.contract import Reward
 
 if TYPE_CHECKING:
@@ -137,6 +138,18 @@ def _not_found(path: str | os.PathLike[str], what: str, exc: BaseException) -> F
     )
 
 
+def _torch_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16``; ``"auto"`` and ``torch.dtype`` pass through."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(
+            f"Unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'."
+        )
+    return resolved
+
+
 def load_reward_model(
     path: str | os.PathLike[str],
     *,
@@ -156,9 +169,7 @@ def load_reward_model(
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     if dtype is not None:
-        kwargs["dtype"] = (
-            getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-        )
+        kwargs["dtype"] = _torch_dtype(dtype)
     if revision is not None:
         kwargs["revision"] = revision
     local = Path(path).expanduser()
@@ -200,8 +211,10 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module)
     """Make sure batches can be padded and the classifier knows which id is padding.
 
     Falls back to eos as the pad token (GPT-2 has none) and writes the id to
-    ``model.config.pad_token_id`` when the config has none. Returns the id to pad with: the
-    config's, because that is the id the classifier's last-token pooling compares against.
+    ``model.config.pad_token_id`` when the config has none. The classifier then treats eos as
+    padding and pools the last token before it, the convention TRL and most GPT-2-family reward
+    models are trained with. Returns the id to pad with: the config's, because that is the id the
+    classifier's last-token pooling compares against.
     """
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
@@ -316,7 +329,7 @@ class RewardModel(Reward):
                 )
             tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
             if dtype is not None and dtype != "auto":
-                model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+                model = model.to(_torch_dtype(dtype))
         self.path = None if path is None else str(path)
         self.tokenizer = tokenizer
         self.pad_token_id = ensure_pad_token(tokenizer, model)
@@ -336,6 +349,9 @@ class RewardModel(Reward):
         num_labels = int(getattr(config, "num_labels", 1) or 1)
         if isinstance(label, str):
             label2id = dict(getattr(config, "label2id", None) or {})
+            # transformers 5 may leave label2id unset when a config only names id2label.
+            for idx, lab in (getattr(config, "id2label", None) or {}).items():
+                label2id.setdefault(lab, int(idx))
             if label not in label2id:
                 raise ValueError(
                     f"Label {label!r} is not one of this reward model's labels "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
 from rlhf_gym.rewards.reward_model import (
     default_max_length,
     encode_for_reward_model,
@@ -127,6 +128,7 @@ def train_reward_model(
     progress: bool = True,
     from_scratch_config: PretrainedConfig | None = None,
     weight_decay: float = 0.0,
+    max_grad_norm: float | None = 1.0,
 ) -> RewardModelReport:
     """Fit a scalar reward model on preference pairs and save it where ``reward_model`` loads it.
 
@@ -141,6 +143,7 @@ def train_reward_model(
         eval_fraction: share of pairs held out (after a seeded shuffle) to measure pairwise
             accuracy; 0 trains on everything.
         epochs, lr, batch_size, weight_decay: AdamW training schedule (constant learning rate).
+        max_grad_norm: gradient-norm clipping per step; ``None`` disables it.
         max_length: truncation limit (left truncation, as when scoring); default: the model's.
         seed: seeds the split, the batch order and torch, so a run is reproducible on CPU.
         device: where to train (``"auto"`` picks cuda when available).
@@ -171,14 +174,17 @@ def train_reward_model(
     rng.shuffle(order)
     n_eval = int(round(eval_fraction * len(data))) if eval_fraction > 0 else 0
     n_eval = min(max(n_eval, 1 if eval_fraction > 0 and len(data) > 1 else 0), len(data) - 1)
-    eval_pairs = [data[i] for i in order[:n_eval]]
-    train_pairs = [data[i] for i in order[n_eval:]]
+    eval_index = order[:n_eval]
+    train_index = order[n_eval:]
 
-    def margins(batch: list[dict[str, str]]) -> torch.Tensor:
+    # Tokenize once: row i of `chosen` / `rejected` is pair i's text, laid out as when scoring.
+    prompts = [p["prompt"] for p in data]
+    chosen = encode_for_reward_model(tok, prompts, [p["chosen"] for p in data], max_length)
+    rejected = encode_for_reward_model(tok, prompts, [p["rejected"] for p in data], max_length)
+
+    def margins(batch: list[int]) -> torch.Tensor:
         # Chosen rows then rejected rows in ONE forward: r has shape (2B,), margins (B,).
-        prompts = [p["prompt"] for p in batch] * 2
-        completions = [p["chosen"] for p in batch] + [p["rejected"] for p in batch]
-        ids = encode_for_reward_model(tok, prompts, completions, max_length)
+        ids = [chosen[i] for i in batch] + [rejected[i] for i in batch]
         input_ids, attention_mask = pad_batch(ids, pad_id)
         logits = net(
             input_ids=input_ids.to(run_device), attention_mask=attention_mask.to(run_device)
@@ -187,18 +193,20 @@ def train_reward_model(
         return r[: len(batch)] - r[len(batch) :]
 
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = (len(train_pairs) + batch_size - 1) // batch_size
+    steps_per_epoch = (len(train_index) + batch_size - 1) // batch_size
     epoch_losses: list[float] = []
     net.train()
     with tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="reward model") as bar:
         for _ in range(epochs):
-            rng.shuffle(train_pairs)
+            rng.shuffle(train_index)
             total, count = 0.0, 0
-            for start in range(0, len(train_pairs), batch_size):
-                batch = train_pairs[start : start + batch_size]
+            for start in range(0, len(train_index), batch_size):
+                batch = train_index[start : start + batch_size]
                 loss = -F.logsigmoid(margins(batch)).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
                 optimizer.step()
                 total += loss.item() * len(batch)
                 count += len(batch)
@@ -208,10 +216,10 @@ def train_reward_model(
     net.eval()
 
     eval_accuracy = eval_loss = None
-    if eval_pairs:
+    if eval_index:
         with torch.inference_mode():
             m = torch.cat(
-                [margins(eval_pairs[s : s + batch_size]) for s in range(0, n_eval, batch_size)]
+                [margins(eval_index[s : s + batch_size]) for s in range(0, n_eval, batch_size)]
             )
         eval_accuracy = float((m > 0).float().mean())
         eval_loss = float(-F.logsigmoid(m).mean())
@@ -224,7 +232,7 @@ def train_reward_model(
         train_loss=epoch_losses[-1],
         eval_accuracy=eval_accuracy,
         eval_loss=eval_loss,
-        n_train=len(train_pairs),
+        n_train=len(train_index),
         n_eval=n_eval,
         epochs=epochs,
         output_dir=str(out),

@@ -222,6 +222,23 @@ def test_bad_specs_say_what_is_accepted() -> None:
         resolve_reward([])
 
 
+def test_a_factory_passed_as_a_reward_is_rejected_with_a_hint() -> None:
+    with pytest.raises(
+        TypeError, match="'make_suffix_reward' looks like a reward factory.*Call it first"
+    ):
+        resolve_reward(make_suffix_reward)
+    assert resolve_reward(make_suffix_reward("?"))(
+        prompts=[""], completions=["?"]
+    ).total.tolist() == [1.0]
+
+    def kwargs_only(**kwargs):
+        return [float(len(c)) for c in kwargs["completions"]]
+
+    register_reward("kwargs_only")(kwargs_only)
+    assert get_reward("kwargs_only") is kwargs_only
+    assert resolve_reward(kwargs_only)(prompts=[""], completions=["abc"]).total.tolist() == [3.0]
+
+
 def test_each_component_is_called_once_per_batch() -> None:
     calls: list[int] = []
 
@@ -609,3 +626,12 @@ def test_exact_match_builtin() -> None:
     ) as info:
         mix(prompts=[""], completions=["x"], answer=["x"])
     assert info.value.plugin == "exact_match"
+
+
+@pytest.mark.parametrize("module", ["length", "keyword_match", "regex_match", "exact_match"])
+def test_builtin_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"rlhf_gym.rewards.{module}"))
+    assert result.attempted > 0 and result.failed == 0

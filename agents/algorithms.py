@@ -1,0 +1,322 @@
+"""The algorithm registry and :func:`make_agent`: swap RL algorithms by name, nothing else.
+
+Built-ins: ``"ppo"`` and ``"a2c"`` (stable-baselines3), ``"trpo"`` and ``"maskable_ppo"``
+(sb3-contrib). Each is the library's class with :class:`KLControlMixin` in front, which adds
+the ``kl_coef``/``kl_target``/``kl_horizon`` arguments and a KL-shaping rollout buffer
+(:mod:`rlhf_gym.agents.kl`); everything else is the stock algorithm, so ``learn``, ``save``,
+``load``, callbacks and loggers behave as documented by stable-baselines3.
+
+Defaults are set for language models and can be overridden by keyword: ``gamma=1.0`` (the
+reward arrives at the end of a short, finite episode, so discounting would only favour short
+answers), ``gae_lambda=0.95``, ``ent_coef=0.0``, a LoRA-sized learning rate (2e-4), Adam rather
+than A2C's RMSprop, and rollout sizes of a few episodes per env.
+
+New algorithms (GRPO, RLOO...) join with :func:`register_algorithm`::
+
+    @register_algorithm("rloo", policy=LoRAPolicy, defaults={"n_steps": 64})
+    class RLOO(OnPolicyAlgorithm): ...
+
+A registered class that is not already a :class:`KLControlMixin` gets the mixin in front of it,
+so the KL penalty works for it as long as it uses a rollout buffer (``kl=False`` opts out, for
+algorithms that handle the KL term themselves).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import gymnasium as gym
+import stable_baselines3 as sb3
+from peft import LoraConfig
+from sb3_contrib import TRPO as _SB3TRPO
+from sb3_contrib import MaskablePPO as _SB3MaskablePPO
+from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.vec_env import VecEnv
+from transformers import PreTrainedModel
+
+from rlhf_gym.agents.kl import (
+    KLDictRolloutBuffer,
+    KLMaskableDictRolloutBuffer,
+    KLShapingMixin,
+    make_kl_controller,
+)
+from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy
+
+A = TypeVar("A", bound=type)
+
+
+class KLControlMixin:
+    """Adds KL control to an on-policy stable-baselines3 algorithm through its rollout buffer.
+
+    :param kl_coef: initial (or fixed) KL coefficient beta; 0 turns the penalty off.
+    :param kl_target: target KL per sequence for the adaptive controller; ``None``: fixed beta.
+    :param kl_horizon: horizon (in sequences) of the adaptive controller.
+    """
+
+    kl_controller: Any
+    rollout_buffer: Any
+    rollout_buffer_class: Any
+    policy: Any
+    policy_kwargs: dict[str, Any]
+
+    def __init__(
+        self,
+        *args: Any,
+        kl_coef: float = 0.05,
+        kl_target: float | None = None,
+        kl_horizon: int = 10000,
+        **kwargs: Any,
+    ) -> None:
+        self.kl_controller = make_kl_controller(kl_coef, kl_target, kl_horizon)
+        super().__init__(*args, **kwargs)
+
+    def _setup_model(self) -> None:
+        if self.rollout_buffer_class is None:
+            maskable = isinstance(self, _SB3MaskablePPO)
+            self.rollout_buffer_class = (
+                KLMaskableDictRolloutBuffer if maskable else KLDictRolloutBuffer
+            )
+        super()._setup_model()  # type: ignore[misc]
+        if not isinstance(self.rollout_buffer, KLShapingMixin):
+            raise TypeError(
+                f"rollout_buffer_class={self.rollout_buffer_class.__name__} does not apply the KL "
+                "penalty; subclass it with rlhf_gym.agents.kl.KLShapingMixin first."
+            )
+        self.rollout_buffer.bind(self)
+        # Record the base model by path, never by value: SB3 pickles policy_kwargs into save().
+        if "model" in self.policy_kwargs and hasattr(self.policy, "model_name_or_path"):
+            self.policy_kwargs = {**self.policy_kwargs, "model": self.policy.model_name_or_path}
+
+
+class PPO(KLControlMixin, sb3.PPO):
+    """stable-baselines3 PPO with KL control (see :class:`KLControlMixin`)."""
+
+
+class A2C(KLControlMixin, sb3.A2C):
+    """stable-baselines3 A2C with KL control (see :class:`KLControlMixin`)."""
+
+
+class TRPO(KLControlMixin, _SB3TRPO):
+    """sb3-contrib TRPO with KL control (see :class:`KLControlMixin`)."""
+
+
+class MaskablePPO(KLControlMixin, _SB3MaskablePPO):
+    """sb3-contrib MaskablePPO with KL control; the env must offer ``action_masks()``."""
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A registry entry: the (KL-enabled) class, its policy class and LM defaults."""
+
+    name: str
+    cls: type[BaseAlgorithm]
+    policy: type
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, AlgorithmSpec] = {}
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def register_algorithm(
+    name: str,
+    *,
+    policy: type | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    kl: bool = True,
+) -> Callable[[A], A]:
+    """Class decorator: make an algorithm available to :func:`make_agent` under ``name``.
+
+    ``policy`` defaults to :class:`LoRAPolicy` (:class:`MaskableLoRAPolicy` for MaskablePPO
+    subclasses). With ``kl=True`` a class lacking :class:`KLControlMixin` is registered as a
+    subclass with the mixin in front; the decorated class itself is returned unchanged.
+    """
+    key = _normalise(name)
+
+    def decorator(cls: A) -> A:
+        algo = cls
+        if kl and not issubclass(cls, KLControlMixin):
+            algo = type(cls.__name__, (KLControlMixin, cls), {"__module__": cls.__module__})
+        pol = policy or (
+            MaskableLoRAPolicy if issubclass(cls, _SB3MaskablePPO) else LoRAPolicy
+        )
+        _REGISTRY[key] = AlgorithmSpec(key, algo, pol, dict(defaults or {}))  # type: ignore[arg-type]
+        return cls
+
+    return decorator
+
+
+def list_algorithms() -> list[str]:
+    """Names :func:`make_agent` accepts, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    """The registry entry for ``name``; unknown names fail with close matches."""
+    key = _normalise(name)
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Unknown algorithm {name!r}.{hint} Available: {', '.join(list_algorithms())}. "
+            "Register new ones with rlhf_gym.agents.register_algorithm."
+        )
+    return _REGISTRY[key]
+
+
+def _spec_for_class(cls: type) -> AlgorithmSpec:
+    if not (isinstance(cls, type) and issubclass(cls, BaseAlgorithm)):
+        raise TypeError(f"Expected an algorithm name or a stable-baselines3 class, got {cls!r}.")
+    for spec in _REGISTRY.values():
+        if issubclass(cls, spec.cls):  # a registered class or a user subclass of one
+            return replace(spec, cls=cls)
+    for spec in _REGISTRY.values():
+        if cls in spec.cls.__bases__:  # the stock class (sb3.PPO): use the KL-enabled twin
+            return spec
+    algo = cls if issubclass(cls, KLControlMixin) else type(cls.__name__, (KLControlMixin, cls), {})
+    pol = MaskableLoRAPolicy if issubclass(cls, _SB3MaskablePPO) else LoRAPolicy
+    return AlgorithmSpec(cls.__name__.lower(), algo, pol, {})
+
+
+def _accepted(cls: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    params: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params |= set(inspect.signature(klass.__init__).parameters)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def make_agent(
+    name_or_class: str | type[BaseAlgorithm],
+    env: VecEnv | gym.Env | str,
+    *,
+    model: str | os.PathLike[str] | PreTrainedModel,
+    lora: LoraConfig | Mapping[str, Any] | None = None,
+    kl_coef: float = 0.05,
+    kl_target: float | None = None,
+    kl_horizon: int = 10000,
+    seed: int | None = 0,
+    device: str = "auto",
+    policy_kwargs: Mapping[str, Any] | None = None,
+    **algo_kwargs: Any,
+) -> BaseAlgorithm:
+    """Build an RL agent that fine-tunes ``model`` with LoRA on ``env``.
+
+    :param name_or_class: a registered name (:func:`list_algorithms`) or an algorithm class.
+    :param env: a stable-baselines3 ``VecEnv`` (e.g. :func:`rlhf_gym.envs.make_vec_env`), a
+        Gymnasium env, or an env id.
+    :param model: the base causal LM (path, hub id or instance, see :class:`LoRAPolicy`).
+    :param lora: ``LoraConfig`` or dict (e.g. ``{"r": 8, "target_modules": ["c_attn"]}``).
+    :param kl_coef, kl_target, kl_horizon: KL control, see :class:`KLControlMixin`.
+    :param policy_kwargs: more :class:`LoRAPolicy` options (``dtype``, ``value_head``...).
+    :param algo_kwargs: algorithm arguments; they override the registry's LM defaults.
+    :return: the stable-baselines3 algorithm instance (``learn``, ``save``, ``predict``...).
+    """
+    spec = (
+        get_algorithm(name_or_class)
+        if isinstance(name_or_class, str)
+        else _spec_for_class(name_or_class)
+    )
+    kwargs = {**_accepted(spec.cls, spec.defaults), **algo_kwargs}
+    pkw = {"model": model, "lora": lora, **dict(policy_kwargs or {})}
+    return spec.cls(
+        spec.policy,
+        env,
+        policy_kwargs=pkw,
+        seed=seed,
+        device=device,
+        kl_coef=kl_coef,
+        kl_target=kl_target,
+        kl_horizon=kl_horizon,
+        **kwargs,
+    )
+
+
+def load_agent(
+    path: str | os.PathLike[str],
+    env: VecEnv | gym.Env | None = None,
+    *,
+    algorithm: str | type[BaseAlgorithm] | None = None,
+    model: str | os.PathLike[str] | PreTrainedModel | None = None,
+    device: str = "auto",
+    **kwargs: Any,
+) -> BaseAlgorithm:
+    """Load an agent saved by ``agent.save(path)``, optionally supplying the base ``model``.
+
+    ``model`` is required when the agent was built from an in-memory model (its zip records
+    ``model=None``) and may also point a saved agent at a moved base checkpoint. ``algorithm``
+    defaults to the one the zip's attributes identify (SB3 zips do not name their class).
+    """
+    data, _, _ = load_from_zip_file(path, device=device, load_data=True)
+    assert data is not None
+    if algorithm is None:
+        cls: type[BaseAlgorithm] = _class_from_data(data)
+    elif isinstance(algorithm, str):
+        cls = get_algorithm(algorithm).cls
+    else:
+        cls = _spec_for_class(algorithm).cls
+    custom: dict[str, Any] = dict(kwargs.pop("custom_objects", None) or {})
+    if model is not None:
+        custom["policy_kwargs"] = {**data["policy_kwargs"], "model": model}
+    return cls.load(path, env=env, device=device, custom_objects=custom, **kwargs)
+
+
+def _class_from_data(data: Mapping[str, Any]) -> type[BaseAlgorithm]:
+    if "cg_max_steps" in data:
+        return TRPO
+    buffer_class = data.get("rollout_buffer_class")
+    if isinstance(buffer_class, type) and issubclass(buffer_class, MaskableDictRolloutBuffer):
+        return MaskablePPO
+    if "n_epochs" in data:
+        return PPO
+    return A2C
+
+
+_PPO_DEFAULTS = {
+    "n_steps": 128,
+    "batch_size": 64,
+    "n_epochs": 4,
+    "learning_rate": 2e-4,
+    "gamma": 1.0,
+    "gae_lambda": 0.95,
+    "ent_coef": 0.0,
+}
+register_algorithm("ppo", policy=LoRAPolicy, defaults=_PPO_DEFAULTS)(PPO)
+register_algorithm("maskable_ppo", policy=MaskableLoRAPolicy, defaults=_PPO_DEFAULTS)(MaskablePPO)
+register_algorithm(
+    "a2c",
+    policy=LoRAPolicy,
+    defaults={
+        "n_steps": 16,
+        "learning_rate": 2e-4,
+        "gamma": 1.0,
+        "gae_lambda": 0.95,
+        "ent_coef": 0.0,
+        "use_rms_prop": False,
+        "normalize_advantage": True,
+    },
+)(A2C)
+register_algorithm(
+    "trpo",
+    policy=LoRAPolicy,
+    defaults={
+        "n_steps": 128,
+        "batch_size": 64,
+        "learning_rate": 2e-4,
+        "gamma": 1.0,
+        "gae_lambda": 0.95,
+        "target_kl": 0.02,
+        "n_critic_updates": 5,
+        "cg_max_steps": 10,
+    },
+)(TRPO)

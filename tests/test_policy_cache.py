@@ -1,0 +1,116 @@
+"""Rollout KV cache: one token per env per step, outputs equal to a full forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_gym.agents import LoRAPolicy
+from tests.test_agents_support import full_forward, make_env, to_tensor_obs
+
+EOS = 0
+
+
+def _policy(env, tiny_lm_dir: Path) -> LoRAPolicy:
+    return LoRAPolicy(
+        env.observation_space,
+        env.action_space,
+        lambda _: 1e-3,
+        model=str(tiny_lm_dir),
+        lora={"init_lora_weights": False},
+    )
+
+
+def test_incremental_outputs_equal_full_forward_and_one_token_per_env(
+    tiny_tokenizer_dir: Path, tiny_lm_dir: Path
+) -> None:
+    """Envs end at different steps (EOS on a schedule) and restart with prompts of other lengths."""
+    n_envs = 3
+    env = make_env(tiny_tokenizer_dir, num_envs=n_envs, max_new_tokens=5)
+    policy = _policy(env, tiny_lm_dir)
+    eos_at = {(0, 2), (1, 4), (2, 7), (0, 9), (1, 10)}  # (env, step) pairs that emit EOS
+    rng = np.random.default_rng(0)
+    obs = env.reset()
+    previous_dones = np.ones(n_envs, dtype=bool)  # first step: every row is a fresh prompt
+    resets_seen = 0
+    for step in range(16):
+        with torch.no_grad():
+            _, values, log_probs = policy(to_tensor_obs(obs))
+            logits = policy.kv_cache(n_envs).last_logits
+        cache = policy.kv_cache(n_envs)
+        lengths = obs["attention_mask"].sum(-1)
+        expected_fed = int(sum(lengths[i] if previous_dones[i] else 1 for i in range(n_envs)))
+        assert cache.tokens_fed_last == expected_fed, step
+        if step > 0 and not previous_dones.any():
+            assert cache.tokens_fed_last == n_envs
+        resets_seen += int(previous_dones.sum()) if step > 0 else 0
+
+        for i in range(n_envs):
+            ref_logp, ref_value = full_forward(policy, torch.as_tensor(obs["input_ids"][i, : lengths[i]]))
+            torch.testing.assert_close(torch.log_softmax(logits[i], -1), ref_logp, atol=1e-5, rtol=0)
+            torch.testing.assert_close(values[i], ref_value, atol=1e-5, rtol=0)
+        actions = rng.integers(1, 300, size=n_envs)
+        for i in range(n_envs):
+            if (i, step) in eos_at:
+                actions[i] = EOS
+        obs, _, previous_dones, _ = env.step(actions)
+    assert resets_seen >= 6  # EOS ends and max_new_tokens truncations, at different steps
+
+
+def test_log_probs_of_cached_rollout_match_training_evaluation(
+    tiny_tokenizer_dir: Path, tiny_lm_dir: Path
+) -> None:
+    env = make_env(tiny_tokenizer_dir, num_envs=2, max_new_tokens=4)
+    policy = _policy(env, tiny_lm_dir)
+    obs = env.reset()
+    for _ in range(7):
+        t_obs = to_tensor_obs(obs)
+        with torch.no_grad():
+            actions, values, log_probs = policy(t_obs)
+        values2, log_probs2, _ = policy.evaluate_actions(t_obs, actions)  # with grad, no cache
+        torch.testing.assert_close(log_probs, log_probs2.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(values, values2.detach(), atol=1e-5, rtol=0)
+        obs, _, _, _ = env.step(actions.numpy())
+
+
+def test_cache_is_revalidated_for_foreign_observations_and_weight_changes(
+    tiny_tokenizer_dir: Path, tiny_lm_dir: Path
+) -> None:
+    env = make_env(tiny_tokenizer_dir, num_envs=2, seed=0)
+    policy = _policy(env, tiny_lm_dir)
+    obs = env.reset()
+    foreign = {k: v[::-1].copy() for k, v in obs.items()}  # rows swapped: no row matches its cache
+    assert not np.array_equal(obs["input_ids"][0], obs["input_ids"][1])
+    with torch.no_grad():
+        policy(to_tensor_obs(obs))
+        policy.predict_values(to_tensor_obs(obs))  # same obs again: nothing to feed
+        assert policy.kv_cache(2).tokens_fed_last == 0
+        values = policy.predict_values(to_tensor_obs(foreign))  # another env's rows: re-prefill
+        assert policy.kv_cache(2).tokens_fed_last == int(foreign["attention_mask"].sum())
+    for i in range(2):
+        n = int(foreign["attention_mask"][i].sum())
+        torch.testing.assert_close(
+            values[i], full_forward(policy, torch.as_tensor(foreign["input_ids"][i, :n]))[1], atol=1e-5, rtol=0
+        )
+
+    with torch.no_grad():  # an optimizer step changes the weights: the cache must not be reused
+        for p in policy.parameters():
+            p.add_(0.01)
+        values = policy.predict_values(to_tensor_obs(foreign))
+    assert policy.kv_cache(2).tokens_fed_last == int(foreign["attention_mask"].sum())
+    n = int(foreign["attention_mask"][0].sum())
+    torch.testing.assert_close(
+        values[0], full_forward(policy, torch.as_tensor(foreign["input_ids"][0, :n]))[1], atol=1e-5, rtol=0
+    )
+
+
+def test_training_mode_drops_the_cache(tiny_tokenizer_dir: Path, tiny_lm_dir: Path) -> None:
+    env = make_env(tiny_tokenizer_dir, num_envs=2)
+    policy = _policy(env, tiny_lm_dir)
+    with torch.no_grad():
+        policy(to_tensor_obs(env.reset()))
+    assert policy.kv_cache(2) is not None
+    policy.set_training_mode(True)
+    assert policy.kv_cache(2) is None
