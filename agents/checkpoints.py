@@ -80,7 +80,9 @@ def set_env_state(envs: list[Any], states: list[dict[str, Any]]) -> None:
         env._sampler._pos = int(st["pos"])
 
 
-def save_checkpoint(output_dir: str | Path, step: int, agent: Any, state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(
+    output_dir: str | Path, step: int, agent: Any, state: dict[str, Any], keep: int = 2
+) -> Path:
     """Write ``step_<step>`` atomically, point ``latest`` at it, keep the newest ``keep``."""
     root = checkpoint_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,9 @@ def save_checkpoint(output_dir: str | Path, step: int, agent: Any, state: dict[s
     pointer_tmp = root / f"{LATEST}.tmp"
     pointer_tmp.write_text(name)
     os.replace(pointer_tmp, root / LATEST)
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))[
+        :-keep
+    ]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

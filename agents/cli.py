@@ -28,12 +28,29 @@ console = Console()
 class EvaluateConfig:
     """Options of ``rlhf-gym evaluate``: held-out evaluation of base and adapter side by side."""
 
-    adapter: str | None = field(default=None, metadata={"help": "adapter directory (a run's adapter/); omit to evaluate the base only"})
-    model: str | None = field(default=None, metadata={"help": "base causal LM path or hub id; default: the adapter's base or the default policy"})
-    prompts: str | None = field(default=None, metadata={"help": "held-out prompt file; default: the default task's eval prompts"})
-    reward: Any = field(default=None, metadata={"help": "reward spec; default: the default task's reward model"})
-    max_prompt_tokens: int | None = field(default=None, metadata={"help": "longest prompt in tokens"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "longest response in tokens"})
+    adapter: str | None = field(
+        default=None,
+        metadata={"help": "adapter directory (a run's adapter/); omit to evaluate the base only"},
+    )
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "base causal LM path or hub id; default: the adapter's base or the default policy"
+        },
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={"help": "held-out prompt file; default: the default task's eval prompts"},
+    )
+    reward: Any = field(
+        default=None, metadata={"help": "reward spec; default: the default task's reward model"}
+    )
+    max_prompt_tokens: int | None = field(
+        default=None, metadata={"help": "longest prompt in tokens"}
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "longest response in tokens"}
+    )
     episodes: int = field(default=128, metadata={"help": "held-out prompts to sample"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     output: str | None = field(default=None, metadata={"help": "write the report as JSON here"})
@@ -43,9 +60,14 @@ class EvaluateConfig:
 class GenerateConfig:
     """Options of ``rlhf-gym generate``: sample completions from a (adapted) model."""
 
-    prompt: list[str] | None = field(default=None, metadata={"help": "prompt text(s); default: a few held-out prompts"})
+    prompt: list[str] | None = field(
+        default=None, metadata={"help": "prompt text(s); default: a few held-out prompts"}
+    )
     adapter: str | None = field(default=None, metadata={"help": "adapter directory"})
-    model: str | None = field(default=None, metadata={"help": "base causal LM; default: the adapter's base or the default policy"})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "base causal LM; default: the adapter's base or the default policy"},
+    )
     max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate"})
     num: int = field(default=4, metadata={"help": "completions when no --prompt is given"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
@@ -56,8 +78,12 @@ class TrainRMConfig:
     """Options of ``rlhf-gym train-rm``: a reward model from preference pairs (Bradley-Terry)."""
 
     pairs: str = field(default="", metadata={"help": "JSONL of {prompt, chosen, rejected}"})
-    model: str = field(default="", metadata={"help": "sequence-classification (or causal LM) path to start from"})
-    output_dir: str = field(default="runs/reward_model", metadata={"help": "where to save the reward model"})
+    model: str = field(
+        default="", metadata={"help": "sequence-classification (or causal LM) path to start from"}
+    )
+    output_dir: str = field(
+        default="runs/reward_model", metadata={"help": "where to save the reward model"}
+    )
     epochs: int = field(default=2, metadata={"help": "passes over the pairs"})
     learning_rate: float = field(default=5e-5, metadata={"help": "learning rate"})
     batch_size: int = field(default=16, metadata={"help": "pairs per batch"})
@@ -86,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("rewards", help="list reward plugins", description="list reward plugins")
     sub.add_parser("algos", help="list RL algorithms", description="list RL algorithms")
     build = sub.add_parser("build-default-task", help="rebuild the embedded default task's assets")
-    build.add_argument("--out", default=None, help="output directory (default: the package's assets)")
+    build.add_argument(
+        "--out", default=None, help="output directory (default: the package's assets)"
+    )
     build.add_argument("--quick", action="store_true", help="a tiny build for tests")
     return parser
 
@@ -94,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the run's own
     try:
         return _dispatch(args)
     except (FileNotFoundError, ValueError, KeyError, OSError, TypeError) as err:
@@ -117,7 +148,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "build-default-task":
         from rlhf_gym.envs.default_task.build import main as build_main
 
-        return build_main((["--out", args.out] if args.out else []) + (["--quick"] if args.quick else []))
+        return build_main(
+            (["--out", args.out] if args.out else []) + (["--quick"] if args.quick else [])
+        )
     if args.command == "train":
         from rlhf_gym.agents.training import TrainConfig, train
 
@@ -134,8 +167,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from rlhf_gym.rewards import train_reward_model
 
         report = train_reward_model(
-            cfg.pairs, cfg.model, cfg.output_dir, epochs=cfg.epochs, lr=cfg.learning_rate,
-            batch_size=cfg.batch_size, eval_fraction=cfg.eval_fraction, seed=cfg.seed,
+            cfg.pairs,
+            cfg.model,
+            cfg.output_dir,
+            epochs=cfg.epochs,
+            lr=cfg.learning_rate,
+            batch_size=cfg.batch_size,
+            eval_fraction=cfg.eval_fraction,
+            seed=cfg.seed,
         )
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -169,16 +208,24 @@ def stats_table(title: str, columns: dict[str, Any]) -> Table:
 def _print_samples(title: str, samples: list[dict[str, Any]]) -> None:
     console.print(f"[bold]{title}[/]")
     for s in samples:
-        console.print(f"  {s['prompt']!s}[cyan]{s['completion']}[/]  [dim](reward {s['reward']:.2f})[/]", highlight=False)
+        console.print(
+            f"  {s['prompt']!s}[cyan]{s['completion']}[/]  [dim](reward {s['reward']:.2f})[/]",
+            highlight=False,
+        )
 
 
 def _print_train_report(result: Any) -> None:
-    console.print(stats_table(
-        f"{result.timesteps} steps in {result.seconds:.0f} s", {"before (base)": result.before, "after (LoRA)": result.after}
-    ))
+    console.print(
+        stats_table(
+            f"{result.timesteps} steps in {result.seconds:.0f} s",
+            {"before (base)": result.before, "after (LoRA)": result.after},
+        )
+    )
     _print_samples("samples before", result.before.samples)
     _print_samples("samples after", result.after.samples)
-    console.print(f"run directory: {result.output_dir}  (adapter/, reward_curve.png, progress.csv, eval.csv)")
+    console.print(
+        f"run directory: {result.output_dir}  (adapter/, reward_curve.png, progress.csv, eval.csv)"
+    )
     console.print(f"total time: {result.seconds:.1f} s")
 
 
@@ -188,7 +235,9 @@ def _load_policy_model(adapter: str | None, model: str | None) -> Any:
 
     base = model
     if base is None and adapter is not None:
-        base = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = json.loads((Path(adapter) / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path"
+        )
     if base is None:
         from rlhf_gym.envs import default_task
 
@@ -196,7 +245,9 @@ def _load_policy_model(adapter: str | None, model: str | None) -> Any:
     lm = AutoModelForCausalLM.from_pretrained(base)
     if adapter is not None:
         if not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"--adapter {adapter!r} holds no adapter_config.json (save one with policy.save_pretrained)")
+            raise FileNotFoundError(
+                f"--adapter {adapter!r} holds no adapter_config.json (save one with policy.save_pretrained)"
+            )
         lm = PeftModel.from_pretrained(lm, adapter)
     return lm.eval(), base
 
@@ -221,16 +272,27 @@ def _evaluate(cfg: EvaluateConfig) -> int:
         metrics = default_task.independent_metrics()
         threshold = default_task.positive_threshold()
     rows = list(env.dataset)[: cfg.episodes]
-    kwargs = dict(max_new_tokens=env.max_new_tokens, stop_strings=env.stop_strings,
-                  positive_threshold=threshold, metrics=metrics, seed=cfg.seed)
-    columns = {"base": evaluate_model(lm, env.tokenizer, rows, env.reward_fn, use_adapter=False, **kwargs)}
+    kwargs = dict(
+        max_new_tokens=env.max_new_tokens,
+        stop_strings=env.stop_strings,
+        positive_threshold=threshold,
+        metrics=metrics,
+        seed=cfg.seed,
+    )
+    columns = {
+        "base": evaluate_model(lm, env.tokenizer, rows, env.reward_fn, use_adapter=False, **kwargs)
+    }
     if cfg.adapter is not None:
-        columns["adapter"] = evaluate_model(lm, env.tokenizer, rows, env.reward_fn, use_adapter=True, **kwargs)
+        columns["adapter"] = evaluate_model(
+            lm, env.tokenizer, rows, env.reward_fn, use_adapter=True, **kwargs
+        )
     console.print(stats_table(f"{len(rows)} held-out prompts", columns))
     for name, stats in columns.items():
         _print_samples(f"samples ({name})", stats.samples)
     if cfg.output:
-        Path(cfg.output).write_text(json.dumps({k: dataclasses.asdict(v) for k, v in columns.items()}, indent=2))
+        Path(cfg.output).write_text(
+            json.dumps({k: dataclasses.asdict(v) for k, v in columns.items()}, indent=2)
+        )
     return 0
 
 

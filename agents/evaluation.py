@@ -85,7 +85,9 @@ def sample(
 ) -> Samples:
     """Sample one completion per row at temperature 1, ended as the env would end it."""
     device = next(model.parameters()).device
-    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    pad = int(
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     eos = tokenizer.eos_token_id if stop_on_eos else None
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
@@ -148,7 +150,9 @@ def completion_logprobs(
             ids[i, : len(s)] = torch.as_tensor(s)
             mask[i, : len(s)] = 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[
+            ..., 0
+        ]
         for i, (r, c) in enumerate(chunk):
             p = len(r.input_ids)
             result.append(logp[i, p - 1 : p - 1 + len(c)].cpu().numpy())
@@ -157,7 +161,11 @@ def completion_logprobs(
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Unique word n-grams over all word n-grams across ``texts`` (0 when there are none)."""
-    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    grams = [
+        tuple(words[i : i + n])
+        for words in (t.split() for t in texts)
+        for i in range(len(words) - n + 1)
+    ]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -180,7 +188,14 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     with adapter_disabled(model, not use_adapter):
-        samples = sample(model, tokenizer, rows, max_new_tokens=max_new_tokens, stop_strings=stop_strings, seed=seed)
+        samples = sample(
+            model,
+            tokenizer,
+            rows,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            seed=seed,
+        )
         logp = completion_logprobs(model, samples)
     with adapter_disabled(model, True):
         logp_ref = completion_logprobs(model, samples)
@@ -188,7 +203,10 @@ def evaluate_model(
 
     kwargs = _reward_kwargs(samples)
     total = reward_fn(**kwargs).total
-    extra = {name: float(np.mean(resolve_reward(spec)(**kwargs).total)) for name, spec in (metrics or {}).items()}
+    extra = {
+        name: float(np.mean(resolve_reward(spec)(**kwargs).total))
+        for name, spec in (metrics or {}).items()
+    }
     n_tokens = sum(len(c) for c in samples.completion_ids)
     kl = [float((a - b).sum()) for a, b in zip(logp, logp_ref, strict=True)]
     ref_nll = -sum(float(b.sum()) for b in logp_ref) / max(n_tokens, 1)

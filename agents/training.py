@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import CSVOutputFormat, configure
 
 from rlhf_gym.agents import checkpoints as ckpt
 from rlhf_gym.agents.evaluation import EvalStats, evaluate_model
@@ -31,37 +31,88 @@ from rlhf_gym.envs import PromptDataset, TextGenerationEnv, make_vec_env
 class TrainConfig:
     """Everything ``rlhf-gym train`` needs; each field is a ``--flag`` and a YAML key."""
 
-    algo: str = field(default="ppo", metadata={"help": "RL algorithm by name (see `rlhf-gym algos`)"})
-    model: str | None = field(default=None, metadata={"help": "causal LM path or hub id; default: the embedded default policy"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer path or hub id; default: the model's"})
-    prompts: str | None = field(default=None, metadata={"help": "training prompt file; default: the default task's"})
-    eval_prompts: str | None = field(default=None, metadata={"help": "held-out prompt file; default: the default task's, else eval_fraction of prompts"})
-    eval_fraction: float = field(default=0.1, metadata={"help": "share of prompts held out when no eval_prompts file is given"})
-    reward: Any = field(default=None, metadata={"help": "reward spec: a name, module:attr, or JSON mix; default: the default task's reward model"})
-    max_prompt_tokens: int | None = field(default=None, metadata={"help": "longest prompt in tokens (left-truncated)"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "longest response in tokens"})
-    total_timesteps: int = field(default=16384, metadata={"help": "environment steps (tokens generated) to train for"})
+    algo: str = field(
+        default="ppo", metadata={"help": "RL algorithm by name (see `rlhf-gym algos`)"}
+    )
+    model: str | None = field(
+        default=None,
+        metadata={"help": "causal LM path or hub id; default: the embedded default policy"},
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer path or hub id; default: the model's"}
+    )
+    prompts: str | None = field(
+        default=None, metadata={"help": "training prompt file; default: the default task's"}
+    )
+    eval_prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out prompt file; default: the default task's, else eval_fraction of prompts"
+        },
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "share of prompts held out when no eval_prompts file is given"},
+    )
+    reward: Any = field(
+        default=None,
+        metadata={
+            "help": "reward spec: a name, module:attr, or JSON mix; default: the default task's reward model"
+        },
+    )
+    max_prompt_tokens: int | None = field(
+        default=None, metadata={"help": "longest prompt in tokens (left-truncated)"}
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "longest response in tokens"}
+    )
+    total_timesteps: int = field(
+        default=16384, metadata={"help": "environment steps (tokens generated) to train for"}
+    )
     num_envs: int = field(default=32, metadata={"help": "episodes generated in parallel"})
-    n_steps: int | None = field(default=None, metadata={"help": "rollout steps per env per update (algorithm default if unset)"})
-    batch_size: int | None = field(default=None, metadata={"help": "minibatch size (PPO-style algorithms)"})
-    n_epochs: int | None = field(default=None, metadata={"help": "passes over each rollout (PPO-style algorithms)"})
+    n_steps: int | None = field(
+        default=None,
+        metadata={"help": "rollout steps per env per update (algorithm default if unset)"},
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "minibatch size (PPO-style algorithms)"}
+    )
+    n_epochs: int | None = field(
+        default=None, metadata={"help": "passes over each rollout (PPO-style algorithms)"}
+    )
     learning_rate: float | None = field(default=None, metadata={"help": "optimizer learning rate"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "modules to adapt; default: peft's choice for the architecture"})
-    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty beta (initial value when adaptive)"})
-    kl_target: float | None = field(default=None, metadata={"help": "target KL per episode; enables the adaptive controller"})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "modules to adapt; default: peft's choice for the architecture"},
+    )
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "KL penalty beta (initial value when adaptive)"}
+    )
+    kl_target: float | None = field(
+        default=None, metadata={"help": "target KL per episode; enables the adaptive controller"}
+    )
     kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL horizon in steps"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
     output_dir: str = field(default="runs/default", metadata={"help": "run directory"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate on held-out prompts every N steps (0: only before and after)"})
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "evaluate on held-out prompts every N steps (0: only before and after)"},
+    )
     eval_episodes: int = field(default=128, metadata={"help": "held-out prompts per evaluation"})
     checkpoint_every: int = field(default=4096, metadata={"help": "checkpoint every N steps"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the last checkpoint in output_dir"}
+    )
     progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
-    num_samples: int = field(default=4, metadata={"help": "sample generations shown before and after"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the model directory"})
+    num_samples: int = field(
+        default=4, metadata={"help": "sample generations shown before and after"}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "allow custom model code from the model directory"}
+    )
 
 
 @dataclass
@@ -101,6 +152,31 @@ def eval_env(cfg: TrainConfig) -> TextGenerationEnv:
     else:
         kwargs["split"] = "eval"
     return TextGenerationEnv(**kwargs)
+
+
+class ResumableCSVOutputFormat(CSVOutputFormat):
+    """SB3's CSV log, continued (not overwritten) when a run resumes.
+
+    Rows logged after the checkpoint a run resumes from are dropped, since the resumed run
+    logs those steps again.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        if resume_step is None or not path.exists():
+            super().__init__(str(path))
+            return
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        header, body = (rows[0], rows[1:]) if rows else ([], [])
+        col = header.index("time/total_timesteps") if "time/total_timesteps" in header else None
+        kept = [r for r in body if col is None or not r[col] or float(r[col]) <= resume_step]
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows([header, *kept] if header else [])
+        self.file = path.open("r+")
+        self.file.seek(0, 2)
+        self.keys = list(header)
+        self.separator = ","
+        self.quotechar = '"'
 
 
 class EvalCallback(BaseCallback):
@@ -171,7 +247,11 @@ class _Run:
             ckpt.set_rng_state(state["rng"])
             ckpt.set_env_state(self.venv.envs, state["envs"])
         else:
-            lora: dict[str, Any] = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0}
+            lora: dict[str, Any] = {
+                "r": cfg.lora_r,
+                "lora_alpha": cfg.lora_alpha,
+                "lora_dropout": 0.0,
+            }
             if cfg.lora_target_modules:
                 lora["target_modules"] = cfg.lora_target_modules
             algo_kwargs = {
@@ -189,11 +269,16 @@ class _Run:
                 kl_horizon=cfg.kl_horizon,
                 seed=cfg.seed,
                 device=cfg.device,
-                trust_remote_code=cfg.trust_remote_code,
+                policy_kwargs={"trust_remote_code": cfg.trust_remote_code},
                 **algo_kwargs,
             )
-        formats = ["csv"] + (["tensorboard"] if _has_tensorboard() else [])
-        self.agent.set_logger(configure(str(self.out), formats))
+        formats = ["tensorboard"] if _has_tensorboard() else []
+        logger = configure(str(self.out), formats)
+        resumed_step = int(self.agent.num_timesteps) if self.resumed_from is not None else None
+        logger.output_formats.append(
+            ResumableCSVOutputFormat(self.out / "progress.csv", resumed_step)
+        )
+        self.agent.set_logger(logger)
 
     @property
     def model(self) -> Any:
@@ -207,7 +292,7 @@ class _Run:
         return 0.0
 
     def _kl_controller(self) -> Any:
-        return getattr(self.agent, "kl_controller", None) or getattr(self.agent.rollout_buffer, "kl_controller", None)
+        return getattr(self.agent, "kl_controller", None)
 
     def _set_kl_coef(self, value: float | None) -> None:
         controller = self._kl_controller()
@@ -263,7 +348,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     before = run.evaluate(use_adapter=False)
     if run.resumed_from is None:
         run.log_eval(0, before)
-    callbacks = CallbackList([EvalCallback(run, cfg.eval_every), CheckpointCallback(run, cfg.checkpoint_every)])
+    callbacks = CallbackList(
+        [EvalCallback(run, cfg.eval_every), CheckpointCallback(run, cfg.checkpoint_every)]
+    )
     remaining = max(0, cfg.total_timesteps - int(run.agent.num_timesteps))
     run.agent.learn(
         remaining,
@@ -279,7 +366,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         json.dumps({"before": before.samples, "after": after.samples}, indent=2, ensure_ascii=False)
     )
     plot_reward_curve(out)
-    return TrainResult(before, after, time.perf_counter() - start, out, int(run.agent.num_timesteps))
+    return TrainResult(
+        before, after, time.perf_counter() - start, out, int(run.agent.num_timesteps)
+    )
 
 
 def plot_reward_curve(out: Path) -> Path | None:
@@ -293,15 +382,22 @@ def plot_reward_curve(out: Path) -> Path | None:
     progress = out / "progress.csv"
     if progress.exists():
         rows = list(csv.DictReader(progress.open()))
-        pts = [(float(r["time/total_timesteps"]), float(r["rollout/ep_rew_mean"]))
-               for r in rows if r.get("rollout/ep_rew_mean") and r.get("time/total_timesteps")]
+        pts = [
+            (float(r["time/total_timesteps"]), float(r["rollout/ep_rew_mean"]))
+            for r in rows
+            if r.get("rollout/ep_rew_mean") and r.get("time/total_timesteps")
+        ]
         if pts:
             ax.plot(*np.array(pts).T, label="rollout reward (train prompts)")
     evals = out / "eval.csv"
     if evals.exists():
         rows = list(csv.DictReader(evals.open()))
-        ax.plot([float(r["step"]) for r in rows], [float(r["reward_mean"]) for r in rows], "o-",
-                label="held-out reward")
+        ax.plot(
+            [float(r["step"]) for r in rows],
+            [float(r["reward_mean"]) for r in rows],
+            "o-",
+            label="held-out reward",
+        )
     ax.set_xlabel("environment steps (tokens)")
     ax.set_ylabel("mean episode reward")
     ax.legend(loc="best")

@@ -19,13 +19,16 @@ Run ``python -m rlhf_gym.envs.default_task.build`` (about five minutes on two CP
 7. Write ``build_report.json`` with the figures.
 
 Determinism: prompts, preferences and the tokenizer are byte-identical for a seed on any machine.
-Model weights are byte-identical for the same seed, thread count (``--threads``, default 2) and
-library build on the same kind of CPU; floating-point reductions may differ elsewhere.
+Model weights are byte-identical for the same seed, thread count (``--threads``, default 1) and
+library build on the same kind of CPU; floating-point reductions may differ elsewhere. One
+thread is the default because it is the most reproducible setting (no parallel reductions) and
+it stays fast when the machine is shared; the models are small enough not to need more.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -72,20 +75,22 @@ ASSET_NAMES = (
 class BuildConfig:
     """Sizes and training settings of one build; :data:`FULL` and :data:`QUICK` are the two used."""
 
-    n_reviews: int = 48_000
+    n_reviews: int = 96_000
     """Training reviews for the LM (fresh generator samples, so no review repeats by design)."""
     n_heldout: int = 2_000
     """Held-out reviews, from a separate random stream, for perplexity and lexicon agreement."""
     n_train_prompts: int = 1_000
     n_eval_prompts: int = 200
-    vocab_size: int = 1_024
-    """BPE vocabulary including the 256 byte symbols and EOS; the corpus's words mostly become
-    single tokens, which keeps reviews short (about 15-30 tokens) and the action space small."""
+    vocab_size: int = 1_536
+    """Upper bound of the BPE vocabulary (256 byte symbols, EOS, merges). The corpus has fewer
+    distinct words, so training stops when every word is one token (about 1,270 entries): reviews
+    stay short (about 15-30 tokens) and the action space small."""
     n_layer: int = 2
     n_embd: int = 128
     n_head: int = 4
     n_positions: int = 128
-    lm_steps: int = 750
+    lm_steps: int = 1_500
+    """One pass over ``n_reviews`` at ``lm_batch_size`` (no review is seen twice)."""
     lm_batch_size: int = 64
     lm_lr: float = 3e-3
     lm_warmup_steps: int = 40
@@ -103,14 +108,14 @@ class BuildConfig:
 FULL = BuildConfig()
 QUICK = replace(
     FULL,
-    n_reviews=2_000,
+    n_reviews=1_000,
     n_heldout=200,
-    vocab_size=512,
     n_layer=1,
     n_embd=32,
     n_head=2,
-    lm_steps=40,
+    lm_steps=20,
     lm_batch_size=32,
+    lm_warmup_steps=5,
     n_pairs=200,
     n_rm_check_pairs=100,
     n_balance_samples=20,
@@ -137,7 +142,10 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report as saved: everything but ``out_dir``, which is machine-specific."""
+        data = asdict(self)
+        del data["out_dir"]
+        return data
 
 
 # --- helpers, in the order the build uses them ------------------------------------------------
@@ -202,6 +210,19 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood of ``labels[:, 1:]`` given the logits before them.
+
+    logits: (B, T, V); labels: (B, T) with -100 on padding. Returns the (N,) losses of the N real
+    target tokens (every token after the first of each review, its EOS included).
+    """
+    target = labels[:, 1:].reshape(-1)
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)), target, ignore_index=-100, reduction="none"
+    )
+    return nll[target != -100]
+
+
 def pretrain_lm(
     model: GPT2LMHeadModel,
     docs: list[list[int]],
@@ -228,7 +249,7 @@ def pretrain_lm(
         batch = [docs[i] for i in order[cursor : cursor + cfg.lm_batch_size]]
         cursor += cfg.lm_batch_size
         ids, mask, labels = _pad(batch, pad_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = _next_token_nll(model(input_ids=ids, attention_mask=mask).logits, labels).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -266,42 +287,32 @@ def sample_continuations(
     prompt: str,
     n: int,
     max_new_tokens: int,
+    generator: torch.Generator,
 ) -> list[tuple[str, bool]]:
-    """``n`` sampled continuations of ``prompt`` (temperature 1) and whether each ended in EOS.
+    """``n`` continuations of ``prompt`` sampled at temperature 1, and whether each ended in EOS.
 
-    One prompt per call, repeated, so no padding (and no position shift) is involved.
+    A plain loop rather than ``generate``: one prompt repeated ``n`` times needs no padding (so
+    no position shift), the whole context is re-read each step (cheap at this size), and the
+    explicit ``generator`` makes the samples reproducible without touching the global seed.
     """
+    eos = tokenizer.eos_token_id
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]] * n)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=True,
-        top_k=0,
-        top_p=1.0,
-        temperature=1.0,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )[:, ids.size(1) :]
+    start = ids.size(1)
+    done = torch.zeros(n, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        probs = torch.softmax(logits[:, -1].float(), dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt = nxt.masked_fill(done, eos)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
     results = []
-    for row in out.tolist():
-        ended = tokenizer.eos_token_id in row
-        if ended:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        results.append((tokenizer.decode(row), ended))
+    for row in ids[:, start:].tolist():
+        ended = eos in row
+        results.append((tokenizer.decode(row[: row.index(eos)] if ended else row), ended))
     return results
-
-
-@torch.no_grad()
-def score_texts(
-    model: GPT2ForSequenceClassification, tokenizer: PreTrainedTokenizerFast, texts: list[str]
-) -> list[float]:
-    """Reward-model scores of full texts (prompt + completion), batched with right padding."""
-    scores: list[float] = []
-    for start in range(0, len(texts), 128):
-        enc = tokenizer(texts[start : start + 128], padding=True, return_tensors="pt")
-        scores += model(**enc).logits[:, 0].tolist()
-    return scores
 
 
 def _dir_size(path: Path) -> int:
@@ -333,7 +344,7 @@ def build(
     seed: int = 0,
     quick: bool = False,
     *,
-    num_threads: int = 2,
+    num_threads: int = 1,
     progress: bool = True,
 ) -> BuildReport:
     """Build the default task's assets into ``out_dir`` and return the report.
@@ -424,7 +435,7 @@ def build(
             len(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"])
             for p in train_prompts + eval_prompts
         ]
-        if max(prompt_lens) > DEFAULTS.max_prompt_tokens:
+        if max(prompt_lens) > DEFAULTS.max_prompt_tokens and not quick:
             raise RuntimeError(
                 f"a default prompt has {max(prompt_lens)} tokens, more than DEFAULTS."
                 f"max_prompt_tokens={DEFAULTS.max_prompt_tokens}; shorten the openings in corpus.py"
@@ -481,9 +492,7 @@ def build(
             "n_positions": cfg.n_positions,
             "n_params": n_params,
             "train_steps": cfg.lm_steps,
-            "train_tokens_seen": cfg.lm_steps
-            * cfg.lm_batch_size
-            * report.corpus["mean_review_tokens"],
+            "train_reviews_seen": cfg.lm_steps * cfg.lm_batch_size,
             "final_train_loss": round(sum(tail) / len(tail), 4),
             "heldout_perplexity": round(ppl, 3),
         }
@@ -493,18 +502,18 @@ def build(
         t = lap("policy", t)
 
         # Samples and tone balance of the pre-trained policy from neutral (eval) prompts.
-        torch.manual_seed(seed)
+        sampler = torch.Generator().manual_seed(seed)
         samples = []
         for row in eval_prompts[:5]:
             ((text, ended),) = sample_continuations(
-                lm, tokenizer, row["prompt"], 1, DEFAULTS.max_new_tokens
+                lm, tokenizer, row["prompt"], 1, DEFAULTS.max_new_tokens, sampler
             )
             samples.append({"prompt": row["prompt"], "completion": text, "ended_with_eos": ended})
         per_prompt = 5
         balance = []
         for row in eval_prompts[: max(1, cfg.n_balance_samples // per_prompt)]:
             for text, ended in sample_continuations(
-                lm, tokenizer, row["prompt"], per_prompt, DEFAULTS.max_new_tokens
+                lm, tokenizer, row["prompt"], per_prompt, DEFAULTS.max_new_tokens, sampler
             ):
                 balance.append((row["prompt"], text, ended))
         lex = [lexicon_sentiment(c) for _, c, _ in balance]
@@ -527,7 +536,9 @@ def build(
 
         # 6. reward model ------------------------------------------------------------------
         torch.manual_seed(seed)
-        rm = GPT2ForSequenceClassification(GPT2Config(**{**lm_config.to_dict(), "num_labels": 1}))
+        rm_config = copy.deepcopy(lm_config)
+        rm_config.num_labels = 1
+        rm = GPT2ForSequenceClassification(rm_config)
         rm.transformer.load_state_dict(lm.transformer.state_dict())
         rm_report = _train_reward_model(
             pairs=[{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs],
@@ -549,14 +560,16 @@ def build(
 
         # Check the saved assets through the normal loading path: held-out RM accuracy on
         # pairs from eval prompts, and the RM's view of the policy samples' tone.
-        rm_loaded = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
-        rm_tok = AutoTokenizer.from_pretrained(rm_dir)
-        chosen = score_texts(rm_loaded, rm_tok, [p["prompt"] + p["chosen"] for p in check_pairs])
-        rejected = score_texts(
-            rm_loaded, rm_tok, [p["prompt"] + p["rejected"] for p in check_pairs]
-        )
-        policy_scores = score_texts(rm_loaded, rm_tok, [p + c for p, c, _ in balance])
-        AutoModelForCausalLM.from_pretrained(out / "policy")  # loads, or raises here
+        from rlhf_gym.rewards import RewardModel
+
+        AutoTokenizer.from_pretrained(out / "tokenizer")  # each asset loads, or the build fails
+        AutoModelForCausalLM.from_pretrained(out / "policy")
+        AutoModelForSequenceClassification.from_pretrained(rm_dir)
+        scorer = RewardModel(rm_dir, device="cpu", batch_size=128)
+        check_prompts = [p["prompt"] for p in check_pairs]
+        chosen = scorer.score(check_prompts, [p["chosen"] for p in check_pairs])
+        rejected = scorer.score(check_prompts, [p["rejected"] for p in check_pairs])
+        policy_scores = scorer.score([p for p, *_ in balance], [c for _, c, _ in balance])
         report.reward_model = {
             "architecture": "GPT2ForSequenceClassification",
             "init": "pre-trained policy transformer + new score head",
@@ -565,9 +578,10 @@ def build(
                 rm_report, "eval_accuracy", "accuracy", "final_eval_accuracy"
             ),
             "heldout_pairs": len(check_pairs),
-            "heldout_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(check_pairs),
+            "heldout_accuracy": sum(c > r for c, r in zip(chosen, rejected, strict=True))
+            / len(check_pairs),
             "mean_margin": round(
-                sum(c - r for c, r in zip(chosen, rejected)) / len(check_pairs), 3
+                sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(check_pairs), 3
             ),
             "policy_samples_rm_positive_fraction": sum(s > 0 for s in policy_scores)
             / len(policy_scores),
@@ -613,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=0, help="seed for every random choice (default 0)"
     )
     parser.add_argument("--quick", action="store_true", help="tiny build in seconds, for tests")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bars or stage lines"
     )

@@ -1,0 +1,137 @@
+"""The ``rlhf-gym`` command line on tiny models: help, config errors, train, resume, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhf_gym.agents.cli import main
+
+COMMANDS = ["train", "evaluate", "generate", "train-rm", "rewards", "algos", "build-default-task"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: rlhf-gym" in capsys.readouterr().out
+
+
+def test_lists(capsys):
+    assert main(["algos"]) == 0
+    assert {"ppo", "a2c", "trpo", "maskable_ppo"} <= set(capsys.readouterr().out.split())
+    assert main(["rewards"]) == 0
+    assert {"length", "reward_model", "keyword"} <= set(capsys.readouterr().out.split())
+
+
+def test_config_file_with_unknown_keys_names_them(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("algo: ppo\nlearning_rat: 0.001\nbogus: 1\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().out
+    assert "unknown config key(s) 'learning_rat' (did you mean 'learning_rate'?), 'bogus'" in err
+
+
+def test_resume_without_checkpoint(tmp_path, capsys, tiny_task):
+    args = ["train", *tiny_task, "--output-dir", str(tmp_path / "run"), "--resume"]
+    assert main(args) == 2
+    assert "--resume: no checkpoint under" in capsys.readouterr().out
+
+
+@pytest.fixture
+def tiny_task(tmp_path, tiny_lm_dir) -> list[str]:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(
+            json.dumps({"prompt": p})
+            for p in ["the movie was", "the food was", "hello world", "i love this"] * 5
+        )
+    )
+    return [
+        "--model", str(tiny_lm_dir), "--prompts", str(prompts), "--reward", '{"keyword": {"weight": 1.0, "keywords": ["e"]}}',
+        "--max-prompt-tokens", "8", "--max-new-tokens", "6", "--num-envs", "4", "--n-steps", "6",
+        "--batch-size", "24", "--n-epochs", "1", "--eval-episodes", "4", "--eval-fraction", "0.2", "--no-progress-bar",
+    ]  # fmt: skip
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf_gym.agents.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.mark.slow
+def test_train_writes_run_directory(tmp_path, tiny_task):
+    out = tmp_path / "run"
+    assert main(["train", *tiny_task, "--total-timesteps", "48", "--output-dir", str(out)]) == 0
+    for name in [
+        "config.yaml",
+        "progress.csv",
+        "eval.csv",
+        "reward_curve.png",
+        "samples.json",
+        "adapter/adapter_config.json",
+    ]:
+        assert (out / name).exists(), name
+    rows = list(csv.DictReader((out / "eval.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 48]
+    samples = json.loads((out / "samples.json").read_text())
+    assert len(samples["before"]) == 4 and len(samples["after"]) == 4
+    assert main(["evaluate", "--adapter", str(out / "adapter"), "--prompts", str(Path(tiny_task[3])),
+                 "--reward", "length", "--max-prompt-tokens", "8", "--max-new-tokens", "6", "--episodes", "4",
+                 "--output", str(out / "eval.json")]) == 0  # fmt: skip
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report) == {"base", "adapter"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_task):
+    """Kill a run after its first checkpoint; --resume continues from that step count."""
+    out = tmp_path / "run"
+    args = [
+        "train",
+        *tiny_task,
+        "--total-timesteps",
+        "480",
+        "--checkpoint-every",
+        "24",
+        "--output-dir",
+        str(out),
+    ]
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_gym.agents.cli", *args], env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pointer = out / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not pointer.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert pointer.exists(), "no checkpoint was written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = out / "checkpoints" / pointer.read_text().strip()
+    state = json.loads((latest / "state.json").read_text())
+    step = state["num_timesteps"]
+    assert 24 <= step < 480
+    total = step + 48
+    resumed = [a if a != "480" else str(total) for a in args]
+    done = _cli(*resumed, "--resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = json.loads(
+        (out / "checkpoints" / pointer.read_text().strip() / "state.json").read_text()
+    )
+    assert final["num_timesteps"] == total  # continued from `step`, not from 0
+    steps = [int(r["time/total_timesteps"]) for r in csv.DictReader((out / "progress.csv").open())]
+    assert steps == sorted(set(steps)) and steps[-1] == total  # the log continues, no duplicates
