@@ -147,9 +147,7 @@ def register_algorithm(
         algo = cls
         if kl and not issubclass(cls, KLControlMixin):
             algo = type(cls.__name__, (KLControlMixin, cls), {"__module__": cls.__module__})
-        pol = policy or (
-            MaskableLoRAPolicy if issubclass(cls, _SB3MaskablePPO) else LoRAPolicy
-        )
+        pol = policy or (MaskableLoRAPolicy if issubclass(cls, _SB3MaskablePPO) else LoRAPolicy)
         _REGISTRY[key] = AlgorithmSpec(key, algo, pol, dict(defaults or {}))  # type: ignore[arg-type]
         return cls
 
@@ -283,7 +281,7 @@ def _class_from_data(data: Mapping[str, Any]) -> type[BaseAlgorithm]:
 
 
 _PPO_DEFAULTS = {
-    "n_steps": 128,
+    "n_steps": 32,
     "batch_size": 64,
     "n_epochs": 4,
     "learning_rate": 2e-4,

@@ -155,7 +155,9 @@ class KLShapingMixin:
         }
         actions = torch.as_tensor(self.actions.reshape(n), device=self.device)
         masks = getattr(self, "action_masks", None)
-        masks_t = None if masks is None else torch.as_tensor(masks.reshape(n, -1), device=self.device)
+        masks_t = (
+            None if masks is None else torch.as_tensor(masks.reshape(n, -1), device=self.device)
+        )
         ref = policy.reference_log_prob(obs, actions, masks_t)
         return ref.cpu().numpy().reshape(self.buffer_size, self.n_envs).astype(np.float32)
 

@@ -136,7 +136,9 @@ class _LoRACore:
         :param use_sde: must be False (kept because stable-baselines3 always passes it).
         """
         if use_sde:
-            raise ValueError("LoRAPolicy does not support gSDE (use_sde=True): actions are discrete.")
+            raise ValueError(
+                "LoRAPolicy does not support gSDE (use_sde=True): actions are discrete."
+            )
         n_actions = _check_spaces(observation_space, action_space)
         if optimizer_kwargs is None:
             optimizer_kwargs = {"eps": 1e-5} if optimizer_class is torch.optim.Adam else {}

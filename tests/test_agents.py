@@ -36,7 +36,9 @@ def test_unknown_algorithm_suggests_close_names() -> None:
 
 def test_make_agent_defaults_and_overrides(tiny_tokenizer_dir: Path, tiny_lm_dir: Path) -> None:
     env = make_env(tiny_tokenizer_dir, num_envs=2)
-    agent = make_agent("ppo", env, model=str(tiny_lm_dir), n_steps=8, learning_rate=1e-3, device="cpu")
+    agent = make_agent(
+        "ppo", env, model=str(tiny_lm_dir), n_steps=8, learning_rate=1e-3, device="cpu"
+    )
     assert isinstance(agent, sb3.PPO) and isinstance(agent.policy, LoRAPolicy)
     assert agent.gamma == 1.0 and agent.ent_coef == 0.0 and agent.n_steps == 8
     assert agent.learning_rate == 1e-3 and agent.kl_controller.value == 0.05

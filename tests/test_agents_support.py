@@ -55,7 +55,9 @@ def to_tensor_obs(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def full_forward(policy: Any, ids: torch.Tensor, *, adapter: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def full_forward(
+    policy: Any, ids: torch.Tensor, *, adapter: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row reference: a plain forward of the row's valid tokens alone, no cache, no grouping.
 
     Returns (log-softmax of the next-token logits [vocab], value [1]).

@@ -6,7 +6,6 @@ import os
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from peft import PeftModel
@@ -22,7 +21,9 @@ RANDOM_LORA = {"init_lora_weights": False}  # non-zero adapter, so pi differs fr
 
 def build_policy(env, model, **kwargs) -> LoRAPolicy:
     kwargs.setdefault("lora", RANDOM_LORA)
-    return LoRAPolicy(env.observation_space, env.action_space, lambda _: 1e-3, model=model, **kwargs)
+    return LoRAPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-3, model=model, **kwargs
+    )
 
 
 @pytest.fixture()
@@ -69,7 +70,9 @@ def test_action_logits_are_the_lm_next_token_logits(env, tiny_lm_dir: Path) -> N
 def test_save_load_zip_holds_adapter_only_and_restores_logits(
     env, tiny_lm_dir: Path, tmp_path: Path
 ) -> None:
-    agent = make_agent("ppo", env, model=str(tiny_lm_dir), lora=RANDOM_LORA, n_steps=8, device="cpu")
+    agent = make_agent(
+        "ppo", env, model=str(tiny_lm_dir), lora=RANDOM_LORA, n_steps=8, device="cpu"
+    )
     agent.learn(16)  # move the adapter and value head away from their initial values
     path = tmp_path / "agent.zip"
     agent.save(path)
@@ -142,7 +145,9 @@ def test_export_adapter_and_merged_round_trip(env, tiny_lm_dir: Path, tmp_path: 
 
     adapter_dir = policy.save_pretrained(tmp_path / "adapter")
     assert (Path(adapter_dir) / "adapter_model.safetensors").exists()
-    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm_dir), adapter_dir)
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_lm_dir), adapter_dir
+    )
     with torch.no_grad():
         torch.testing.assert_close(peft_model(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
 
@@ -165,7 +170,9 @@ def test_maskable_policy_applies_env_masks(tiny_tokenizer_dir: Path, tiny_lm_dir
     masks = env.action_masks()
     with torch.no_grad():
         actions, _, _ = policy(obs, action_masks=masks)
-        _, logp, _ = policy.evaluate_actions(obs, torch.tensor([9, 4]), action_masks=torch.as_tensor(masks))
+        _, logp, _ = policy.evaluate_actions(
+            obs, torch.tensor([9, 4]), action_masks=torch.as_tensor(masks)
+        )
     assert set(actions.tolist()) <= {3, 4, 5}
     assert logp[0] < -1e6 and logp[1] > -20
 
@@ -174,13 +181,17 @@ def test_maskable_policy_applies_env_masks(tiny_tokenizer_dir: Path, tiny_lm_dir
 
 
 def test_not_a_causal_lm_is_refused(env, tiny_rm_dir: Path) -> None:
-    with pytest.raises(ValueError, match="GPT2ForSequenceClassification.*not a causal language model"):
+    with pytest.raises(
+        ValueError, match="GPT2ForSequenceClassification.*not a causal language model"
+    ):
         build_policy(env, str(tiny_rm_dir))
     with pytest.raises(ValueError, match="not a causal language model"):
         build_policy(env, _tiny.build_rm(300))
 
 
-def test_vocabulary_must_match_the_action_space(tiny_tokenizer_dir: Path, tiny_lm_dir: Path) -> None:
+def test_vocabulary_must_match_the_action_space(
+    tiny_tokenizer_dir: Path, tiny_lm_dir: Path
+) -> None:
     env = make_env(tiny_tokenizer_dir, num_envs=1, vocab_size=320)
     with pytest.raises(ValueError, match=r"300 next-token logits.*Discrete\(320\).*vocab_size=300"):
         build_policy(env, str(tiny_lm_dir))
@@ -195,4 +206,6 @@ def test_wrong_observation_space_is_explained(tiny_lm_dir: Path) -> None:
     from gymnasium import spaces
 
     with pytest.raises(ValueError, match="input_ids"):
-        LoRAPolicy(spaces.Box(0, 1, (4,)), spaces.Discrete(300), lambda _: 1e-3, model=str(tiny_lm_dir))
+        LoRAPolicy(
+            spaces.Box(0, 1, (4,)), spaces.Discrete(300), lambda _: 1e-3, model=str(tiny_lm_dir)
+        )

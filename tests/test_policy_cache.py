@@ -48,8 +48,12 @@ def test_incremental_outputs_equal_full_forward_and_one_token_per_env(
         resets_seen += int(previous_dones.sum()) if step > 0 else 0
 
         for i in range(n_envs):
-            ref_logp, ref_value = full_forward(policy, torch.as_tensor(obs["input_ids"][i, : lengths[i]]))
-            torch.testing.assert_close(torch.log_softmax(logits[i], -1), ref_logp, atol=1e-5, rtol=0)
+            ref_logp, ref_value = full_forward(
+                policy, torch.as_tensor(obs["input_ids"][i, : lengths[i]])
+            )
+            torch.testing.assert_close(
+                torch.log_softmax(logits[i], -1), ref_logp, atol=1e-5, rtol=0
+            )
             torch.testing.assert_close(values[i], ref_value, atol=1e-5, rtol=0)
         actions = rng.integers(1, 300, size=n_envs)
         for i in range(n_envs):
@@ -92,7 +96,10 @@ def test_cache_is_revalidated_for_foreign_observations_and_weight_changes(
     for i in range(2):
         n = int(foreign["attention_mask"][i].sum())
         torch.testing.assert_close(
-            values[i], full_forward(policy, torch.as_tensor(foreign["input_ids"][i, :n]))[1], atol=1e-5, rtol=0
+            values[i],
+            full_forward(policy, torch.as_tensor(foreign["input_ids"][i, :n]))[1],
+            atol=1e-5,
+            rtol=0,
         )
 
     with torch.no_grad():  # an optimizer step changes the weights: the cache must not be reused
@@ -102,7 +109,10 @@ def test_cache_is_revalidated_for_foreign_observations_and_weight_changes(
     assert policy.kv_cache(2).tokens_fed_last == int(foreign["attention_mask"].sum())
     n = int(foreign["attention_mask"][0].sum())
     torch.testing.assert_close(
-        values[0], full_forward(policy, torch.as_tensor(foreign["input_ids"][0, :n]))[1], atol=1e-5, rtol=0
+        values[0],
+        full_forward(policy, torch.as_tensor(foreign["input_ids"][0, :n]))[1],
+        atol=1e-5,
+        rtol=0,
     )
 
 

@@ -23,9 +23,7 @@ def test_group_by_prefix_hand_example() -> None:
             [7, 0, 0, 0],
         ]
     )
-    mask = torch.tensor(
-        [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]]
-    )
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
     groups = group_by_prefix(ids, mask)
     reps = groups.representatives[groups.group].tolist()
     assert reps == [1, 1, 1, 3, 4]
@@ -86,7 +84,9 @@ def test_one_forward_row_per_sequence_and_gradients_flow(setup) -> None:
         "input_ids": torch.as_tensor(ids, dtype=torch.float32),
         "attention_mask": torch.as_tensor(mask, dtype=torch.float32),
     }
-    expected_rows = len(group_by_prefix(obs["input_ids"].long(), obs["attention_mask"].long()).representatives)
+    expected_rows = len(
+        group_by_prefix(obs["input_ids"].long(), obs["attention_mask"].long()).representatives
+    )
     fed_rows: list[int] = []
     hook = policy.model.get_base_model().register_forward_pre_hook(
         lambda _m, _a, kw: fed_rows.append(kw["input_ids"].shape[0]), with_kwargs=True
@@ -95,7 +95,9 @@ def test_one_forward_row_per_sequence_and_gradients_flow(setup) -> None:
         values, log_prob, _ = policy.evaluate_actions(obs, torch.as_tensor(actions))
     finally:
         hook.remove()
-    assert sum(fed_rows) == expected_rows < len(ids) // 3  # 14 steps x 3 envs, episodes of <= 6 tokens
+    assert (
+        sum(fed_rows) == expected_rows < len(ids) // 3
+    )  # 14 steps x 3 envs, episodes of <= 6 tokens
     (log_prob.sum() + values.sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
     policy.optimizer.zero_grad()

@@ -75,7 +75,7 @@ ASSET_NAMES = (
 class BuildConfig:
     """Sizes and training settings of one build; :data:`FULL` and :data:`QUICK` are the two used."""
 
-    n_reviews: int = 96_000
+    n_reviews: int = 64_000
     """Training reviews for the LM (fresh generator samples, so no review repeats by design)."""
     n_heldout: int = 2_000
     """Held-out reviews, from a separate random stream, for perplexity and lexicon agreement."""
@@ -89,7 +89,7 @@ class BuildConfig:
     n_embd: int = 128
     n_head: int = 4
     n_positions: int = 128
-    lm_steps: int = 1_500
+    lm_steps: int = 1_000
     """One pass over ``n_reviews`` at ``lm_batch_size`` (no review is seen twice)."""
     lm_batch_size: int = 64
     lm_lr: float = 3e-3
@@ -127,19 +127,30 @@ class BuildReport:
     """The figures of one build; saved as ``build_report.json`` beside the assets."""
 
     out_dir: str
+    """Where the assets were written (not saved: it is machine-specific)."""
     seed: int
     quick: bool
     num_threads: int
     versions: dict[str, str]
+    """Python, torch, transformers and tokenizers versions: weights are reproducible with these."""
     config: dict[str, Any]
+    """The :class:`BuildConfig` used."""
     corpus: dict[str, Any] = field(default_factory=dict)
+    """Review counts, words, tokens per review, and whether bodies fit ``max_new_tokens``."""
     prompts: dict[str, Any] = field(default_factory=dict)
+    """Prompt counts per split and prompt lengths in tokens."""
     tokenizer: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
+    """Size, training, ``heldout_perplexity``, five samples from eval prompts, and the tone
+    balance of its samples (lexicon-positive / -negative fractions, EOS rate)."""
     reward_model: dict[str, Any] = field(default_factory=dict)
+    """Training figures and ``heldout_accuracy``: pairwise accuracy on fresh pairs built on eval
+    prompts, never trained on."""
     lexicon: dict[str, Any] = field(default_factory=dict)
+    """How the independent lexicon scorer relates to the generator's labels and vocabulary."""
     sizes_bytes: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each stage and in total."""
 
     def to_dict(self) -> dict[str, Any]:
         """The report as saved: everything but ``out_dir``, which is machine-specific."""
@@ -321,21 +332,6 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _train_reward_model(**kwargs: Any) -> Any:
-    """Call the library's reward-model trainer (imported late: it is a heavy, separate module)."""
-    from rlhf_gym.rewards import train_reward_model
-
-    return train_reward_model(**kwargs)
-
-
-def _report_field(report: Any, *names: str) -> Any:
-    for name in names:
-        value = getattr(report, name, None)
-        if value is not None:
-            return value
-    return None
-
-
 # --- the build --------------------------------------------------------------------------------
 
 
@@ -430,7 +426,7 @@ def build(
         tokenizer.save_pretrained(out / "tokenizer")
         docs = _encode(tokenizer, [r.text for r in reviews])
         heldout_docs = _encode(tokenizer, [r.text for r in heldout])
-        body_lens = [len(x) for x in _encode(tokenizer, [r.body for r in reviews])]
+        body_lens = [len(x) for x in _encode(tokenizer, [r.body for r in heldout])]
         prompt_lens = [
             len(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"])
             for p in train_prompts + eval_prompts
@@ -535,12 +531,15 @@ def build(
         ]
 
         # 6. reward model ------------------------------------------------------------------
+        from rlhf_gym.rewards import RewardModel, train_reward_model
+        from rlhf_gym.rewards.reward_model_training import REPORT_FILENAME
+
         torch.manual_seed(seed)
         rm_config = copy.deepcopy(lm_config)
         rm_config.num_labels = 1
         rm = GPT2ForSequenceClassification(rm_config)
         rm.transformer.load_state_dict(lm.transformer.state_dict())
-        rm_report = _train_reward_model(
+        rm_report = train_reward_model(
             pairs=[{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs],
             model=rm,
             output_dir=out / "reward_model",
@@ -554,14 +553,13 @@ def build(
             progress=progress,
         )
         rm_dir = out / "reward_model"
-        if not (rm_dir / "tokenizer.json").exists():
-            tokenizer.save_pretrained(rm_dir)
+        # The trainer's own report holds a machine-specific path; its figures go into
+        # build_report.json instead, so the committed folder is the same wherever it is built.
+        (rm_dir / REPORT_FILENAME).unlink(missing_ok=True)
         t = lap("reward_model", t)
 
         # Check the saved assets through the normal loading path: held-out RM accuracy on
         # pairs from eval prompts, and the RM's view of the policy samples' tone.
-        from rlhf_gym.rewards import RewardModel
-
         AutoTokenizer.from_pretrained(out / "tokenizer")  # each asset loads, or the build fails
         AutoModelForCausalLM.from_pretrained(out / "policy")
         AutoModelForSequenceClassification.from_pretrained(rm_dir)
@@ -574,9 +572,10 @@ def build(
             "architecture": "GPT2ForSequenceClassification",
             "init": "pre-trained policy transformer + new score head",
             "n_pairs": len(pairs),
-            "trainer_eval_accuracy": _report_field(
-                rm_report, "eval_accuracy", "accuracy", "final_eval_accuracy"
-            ),
+            "epochs": rm_report.epochs,
+            "train_loss": round(rm_report.train_loss, 5),
+            "trainer_eval_pairs": rm_report.n_eval,
+            "trainer_eval_accuracy": rm_report.eval_accuracy,
             "heldout_pairs": len(check_pairs),
             "heldout_accuracy": sum(c > r for c, r in zip(chosen, rejected, strict=True))
             / len(check_pairs),

@@ -374,22 +374,24 @@ def _join_of(opening: str) -> Join:
 
 
 def tone_words() -> tuple[frozenset[str], frozenset[str]]:
-    """Every lower-case word the generator uses only in positive / only in negative sentences.
+    """Lower-case words the generator writes only in positive / only in negative sentences.
 
-    Used to measure how much of the generator's tone vocabulary the lexicon covers (it covers
-    part of it by design; see :mod:`rlhf_gym.envs.default_task.lexicon`).
+    Words that also occur in openings or neutral asides ("so", "after") are not tone words. Used
+    to measure how much of the generator's tone vocabulary the lexicon covers (it covers part of
+    it by design; see :mod:`rlhf_gym.envs.default_task.lexicon`).
     """
 
     def words(templates: tuple[str, ...]) -> set[str]:
         out: set[str] = set()
         for t in templates:
-            for w in t.replace(",", " ").replace(".", " ").split():
+            for w in t.replace(",", " ").replace(".", " ").replace(":", " ").split():
                 if "{" not in w:
                     out.add(w.lower())
         return out
 
+    neutral = words(tuple(t for t, _ in OPENINGS) + _NEUTRAL + _WHEN + _DURATION)
     pos = words(_POS_ADJ + _POS_VP + _POS_PRODUCT + _POS_FEELING + _POS_CONTRAST
                 + _POS_NEGATION + _POS_CLOSING)  # fmt: skip
     neg = words(_NEG_ADJ + _NEG_VP + _NEG_PRODUCT + _NEG_FEELING + _NEG_CONTRAST
                 + _NEG_NEGATION + _NEG_CLOSING)  # fmt: skip
-    return frozenset(pos - neg), frozenset(neg - pos)
+    return frozenset(pos - neg - neutral), frozenset(neg - pos - neutral)

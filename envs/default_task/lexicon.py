@@ -23,9 +23,10 @@ Why it is independent of the reward model, yet meaningful:
    balance. It cannot be fooled by whatever quirk a reward model has picked up, and it ignores
    length and repetition.
 
-On the generator's own reviews the sign of the score agrees with the label on most samples (the
-build report's ``lexicon.label_agreement``, about nine in ten); the rest are reviews whose tone
-rides entirely on channels the lexicon leaves out, and they score 0. A policy that raises the
+On the generator's own reviews the sign of the score agrees with the label on about 85% of
+samples (the build report's ``lexicon.label_agreement``) and contradicts it on well under 1%;
+the rest are reviews whose tone rides entirely on channels the lexicon leaves out, and they score
+0. A policy that raises the
 reward model's score *and* this one has become more positive in a way a person would recognise;
 one that raises only the former is exploiting the reward model.
 
