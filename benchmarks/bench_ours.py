@@ -30,6 +30,7 @@ import numpy as np
 from common import (
     TASK,
     Stopwatch,
+    current_rss_mb,
     emit,
     e_fraction,
     load_prompts,
@@ -55,7 +56,7 @@ def model_dir(n_positions: int) -> str:
     return str(task_paths().model(n_positions))
 
 
-def make_ppo(num_envs: int, new_tokens: int, n_positions: int) -> Any:
+def make_ppo(num_envs: int, new_tokens: int, n_positions: int, attn: str | None = None) -> Any:
     """The benchmark's PPO: one episode per env per update, one epoch, one optimizer step."""
     from rlhf_gym.agents import make_agent
     from rlhf_gym.envs import make_vec_env
@@ -74,6 +75,7 @@ def make_ppo(num_envs: int, new_tokens: int, n_positions: int) -> Any:
         n_epochs=1,
         learning_rate=TASK.learning_rate,
         gamma=1.0,
+        policy_kwargs={"attn_implementation": attn} if attn else None,
     )
 
 
@@ -182,7 +184,7 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.manual_seed(0)
-    agent = make_ppo(args.num_envs, args.new_tokens, args.n_positions)
+    agent = make_ppo(args.num_envs, args.new_tokens, args.n_positions, args.attn)
     _, callback = agent._setup_learn(10**9, callback=None)
     watch = Stopwatch()
     watch.wrap(agent.policy, "forward", "policy_forward")
@@ -263,8 +265,11 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
             self.starts: list[float] = []
             self.ends: list[float] = []
 
+            self.rss_mb: list[float] = []
+
         def _on_rollout_start(self) -> None:
             self.starts.append(time.perf_counter())
+            self.rss_mb.append(current_rss_mb())
 
         def _on_rollout_end(self) -> None:
             self.ends.append(time.perf_counter())
@@ -273,7 +278,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
             return True
 
     torch.manual_seed(0)
-    agent = make_ppo(args.num_envs, args.new_tokens, args.n_positions)
+    agent = make_ppo(args.num_envs, args.new_tokens, args.n_positions, args.attn)
     watch = Stopwatch()
     watch.wrap(agent, "train", "train")
     watch.wrap(agent.rollout_buffer, "apply_kl_penalty", "kl_reference")
@@ -306,6 +311,8 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s": tokens / per_update,
         "total_s": end - start,
         "mean_episode_reward_last": float(np.mean(ep_rewards)) if ep_rewards else None,
+        # Resident memory at the start of each update: a steady climb would mean a leak.
+        "rss_mb_per_update": marks.rss_mb + [current_rss_mb()],
     }
 
 
@@ -319,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=5, help="e2e: measured updates")
     parser.add_argument("--episodes", type=int, default=64, help="env: episodes per repeat")
+    parser.add_argument(
+        "--attn", default=None, help="policy attn_implementation (default: the library's)"
+    )
     parser.add_argument("--floor", action="store_true", help="rollout: also time a plain base model")
     args = parser.parse_args(argv)
     set_threads()

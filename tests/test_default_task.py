@@ -3,8 +3,8 @@
 Three groups:
 
 * pure-Python properties of the review generator and the lexicon (fast);
-* a ``--quick`` build in a temporary folder: deterministic and loadable through the ordinary
-  ``from_pretrained`` calls (slow: it trains two tiny models, twice);
+* a ``--quick`` build in a temporary folder (a few seconds each; built twice): deterministic,
+  and loadable through the ordinary ``from_pretrained`` calls;
 * the committed assets in ``envs/default_task/assets``: they load, are small, and do what the
   task promises (the reward model prefers positive reviews it never saw; the base policy writes
   both tones).
@@ -138,6 +138,19 @@ def test_lexicon_agrees_with_generator_labels_yet_is_not_a_copy_of_its_vocabular
     assert sum(s == 0 for s, _ in signed) / len(signed) > 0.05
 
 
+def test_independent_metrics_are_reward_functions() -> None:
+    from rlhf_gym.rewards import resolve_reward
+
+    completions = [" I love it. Five stars.", " It broke within a week.", " One star."]
+    prompts = ["Review of the tent:"] * 3
+    metrics = task.independent_metrics()
+    assert set(metrics) == {"lexicon_sentiment", "lexicon_positive"}
+    sentiment = resolve_reward(metrics["lexicon_sentiment"])(prompts, completions)
+    positive = resolve_reward(metrics["lexicon_positive"])(prompts, completions)
+    assert sentiment.total.tolist() == [1.0, -1.0, 0.0]
+    assert positive.total.tolist() == [1.0, 0.0, 0.0]
+
+
 # --- package API ------------------------------------------------------------------------------
 
 
@@ -156,6 +169,8 @@ def test_missing_assets_say_how_to_build_them(
             get()
     with pytest.raises(FileNotFoundError):  # the error is also a FileNotFoundError
         task.prompts_path("eval")
+    with pytest.raises(task.DefaultTaskAssetsMissing, match="default_task.build"):
+        task.positive_threshold()
     with pytest.raises(ValueError, match="split"):
         task.prompts_path("test")  # type: ignore[arg-type]
 
@@ -201,7 +216,6 @@ def quick_build(tmp_path_factory: pytest.TempPathFactory):
     return out, build(out, seed=0, quick=True, num_threads=1, progress=False)
 
 
-@pytest.mark.slow
 def test_quick_build_is_deterministic(quick_build, tmp_path: Path) -> None:
     from rlhf_gym.envs.default_task.build import build
 
@@ -217,7 +231,6 @@ def test_quick_build_is_deterministic(quick_build, tmp_path: Path) -> None:
         assert (first / name).read_bytes() == (tmp_path / name).read_bytes(), name
 
 
-@pytest.mark.slow
 def test_quick_build_assets_load(quick_build) -> None:
     out, report = quick_build
     tok = AutoTokenizer.from_pretrained(out / "tokenizer")
@@ -234,6 +247,7 @@ def test_quick_build_assets_load(quick_build) -> None:
     assert saved == report.to_dict()
     assert saved["quick"] is True and math.isfinite(saved["policy"]["heldout_perplexity"])
     assert 0.0 <= saved["reward_model"]["heldout_accuracy"] <= 1.0
+    assert math.isfinite(saved["reward_model"]["positive_threshold"])
 
 
 # --- the committed assets ---------------------------------------------------------------------
@@ -260,6 +274,7 @@ def test_committed_report_figures(report: dict) -> None:
     assert 1.0 < report["policy"]["heldout_perplexity"] < 5.0
     assert report["reward_model"]["heldout_accuracy"] >= 0.9
     assert report["reward_model"]["trainer_eval_accuracy"] >= 0.9
+    assert report["reward_model"]["threshold_label_accuracy"] >= 0.9
     assert report["lexicon"]["label_agreement"] > 0.8
 
 
@@ -299,7 +314,7 @@ def test_committed_policy_writes_both_tones_and_stops() -> None:
 
     tok = AutoTokenizer.from_pretrained(task.policy_path())
     lm = AutoModelForCausalLM.from_pretrained(task.policy_path()).eval()
-    rows = _read_jsonl(task.prompts_path("eval"))[:40]
+    rows = _read_jsonl(task.prompts_path("eval"))[:30]
     g = torch.Generator().manual_seed(1234)
     samples = [
         s
@@ -335,6 +350,10 @@ def test_committed_reward_model_prefers_unseen_positive_reviews() -> None:
         scores = [rm(**tok(r.text + EOS, return_tensors="pt")).logits[0, 0].item() for r in reviews]
     pos = [s for s, r in zip(scores, reviews, strict=True) if r.label == "positive"]
     neg = [s for s, r in zip(scores, reviews, strict=True) if r.label == "negative"]
-    assert (
-        min(pos) > max(neg) or sum(p > n for p in pos for n in neg) / (len(pos) * len(neg)) > 0.95
+    assert sum(p > n for p in pos for n in neg) / (len(pos) * len(neg)) > 0.95
+    # The published threshold tells the two tones apart on these unseen reviews.
+    threshold = task.positive_threshold()
+    correct = sum(
+        (s > threshold) == (r.label == "positive") for s, r in zip(scores, reviews, strict=True)
     )
+    assert correct / len(reviews) >= 0.9

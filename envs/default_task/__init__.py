@@ -25,11 +25,19 @@ defaults.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlhf_gym.envs.default_task.lexicon import NEGATIVE_WORDS, POSITIVE_WORDS, lexicon_sentiment
+from rlhf_gym.envs.default_task.lexicon import (
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    lexicon_positive,
+    lexicon_reward,
+    lexicon_sentiment,
+)
 
 ASSETS_DIR: Path = Path(__file__).resolve().parent / "assets"
 """Where the built assets live (inside the installed package)."""
@@ -89,6 +97,29 @@ def prompts_path(split: Literal["train", "eval"] = "train") -> Path:
     return _require(ASSETS_DIR / f"prompts_{split}.jsonl")
 
 
+def independent_metrics() -> dict[str, Callable[..., list[float]]]:
+    """Reward specs to *log* (never train on) when running the default task.
+
+    Both read the lexicon of :mod:`~rlhf_gym.envs.default_task.lexicon`, which the reward model
+    never saw: ``lexicon_sentiment`` (mean polarity in [-1, 1]) and ``lexicon_positive`` (share
+    of completions leaning positive). If the reward rises and these do not, the policy is
+    exploiting the reward model rather than writing more positive reviews.
+    """
+    return {"lexicon_sentiment": lexicon_reward, "lexicon_positive": lexicon_positive}
+
+
+def positive_threshold() -> float:
+    """The default reward model's score above which a completion counts as a positive review.
+
+    The reward model was trained on pairs, so its scores have no fixed zero; the build puts the
+    threshold halfway between the median scores of held-out positive and negative generator
+    reviews (``reward_model.positive_threshold`` in ``build_report.json``, where the accuracy of
+    this cut is reported too).
+    """
+    report = json.loads(_require(ASSETS_DIR / "build_report.json").read_text(encoding="utf-8"))
+    return float(report["reward_model"]["positive_threshold"])
+
+
 __all__ = [
     "ASSETS_DIR",
     "DEFAULTS",
@@ -96,8 +127,12 @@ __all__ = [
     "POSITIVE_WORDS",
     "DefaultTaskAssetsMissing",
     "DefaultTaskConfig",
+    "independent_metrics",
+    "lexicon_positive",
+    "lexicon_reward",
     "lexicon_sentiment",
     "policy_path",
+    "positive_threshold",
     "prompts_path",
     "reward_model_path",
     "tokenizer_path",

@@ -278,16 +278,9 @@ def perplexity(model: GPT2LMHeadModel, docs: list[list[int]], pad_id: int) -> fl
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(docs), 256):
         ids, mask, labels = _pad(docs[start : start + 256], pad_id)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        target = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            target.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        total_nll += nll.item()
-        total_tokens += int((target != -100).sum())
+        nll = _next_token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+        total_nll += nll.sum().item()
+        total_tokens += nll.numel()
     return math.exp(total_nll / total_tokens)
 
 
@@ -568,6 +561,19 @@ def build(
         chosen = scorer.score(check_prompts, [p["chosen"] for p in check_pairs])
         rejected = scorer.score(check_prompts, [p["rejected"] for p in check_pairs])
         policy_scores = scorer.score([p for p, *_ in balance], [c for _, c, _ in balance])
+        # Scores have no fixed zero (pairwise training), so place the positive/negative cut
+        # halfway between the median scores of held-out reviews of each tone.
+        held_scores = scorer.score([r.opening for r in heldout], [r.body for r in heldout])
+        by_tone = {
+            label: sorted(s for s, r in zip(held_scores, heldout, strict=True) if r.label == label)
+            for label in gen.LABELS
+        }
+        threshold = (by_tone["positive"][len(by_tone["positive"]) // 2]
+                     + by_tone["negative"][len(by_tone["negative"]) // 2]) / 2  # fmt: skip
+        threshold_accuracy = sum(
+            (s > threshold) == (r.label == "positive")
+            for s, r in zip(held_scores, heldout, strict=True)
+        ) / len(heldout)
         report.reward_model = {
             "architecture": "GPT2ForSequenceClassification",
             "init": "pre-trained policy transformer + new score head",
@@ -582,7 +588,9 @@ def build(
             "mean_margin": round(
                 sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(check_pairs), 3
             ),
-            "policy_samples_rm_positive_fraction": sum(s > 0 for s in policy_scores)
+            "positive_threshold": round(threshold, 4),
+            "threshold_label_accuracy": threshold_accuracy,
+            "policy_samples_rm_positive_fraction": sum(s > threshold for s in policy_scores)
             / len(policy_scores),
         }
         log(

@@ -109,3 +109,19 @@ def lexicon_sentiment(text: str) -> float:
         else:
             neg += 1
     return 0.0 if pos + neg == 0 else (pos - neg) / (pos + neg)
+
+
+def lexicon_reward(prompts: list[str], completions: list[str], **kwargs: object) -> list[float]:
+    """:func:`lexicon_sentiment` of each completion, as a reward function (TRL signature).
+
+    Meant for *evaluation* (``rlhf_gym.agents`` logs it as an independent metric), not for
+    training: a policy trained on it would learn to stack opinion words. Only the completion is
+    scored; the default prompts carry no opinion words anyway.
+    """
+    return [lexicon_sentiment(c) for c in completions]
+
+
+def lexicon_positive(prompts: list[str], completions: list[str], **kwargs: object) -> list[float]:
+    """1.0 for each completion that leans positive (score > 0), else 0.0; its mean is the share
+    of positive completions as the lexicon sees them."""
+    return [1.0 if lexicon_sentiment(c) > 0 else 0.0 for c in completions]
