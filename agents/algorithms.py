@@ -304,17 +304,25 @@ register_algorithm(
         "normalize_advantage": True,
     },
 )(A2C)
+#: TRPO on a token policy. An exact natural-gradient step (many CG iterations) on a LoRA adapter
+#: is a per-sample fit: the inverse Fisher of a softmax over the vocabulary divides by p(a), so the
+#: cheapest way (in KL) to raise the surrogate is to move the log-prob of each *sampled* low-prob
+#: token by its own advantage (measured: corr(dlogp, A) ~0.89, |dlogp| ~0.7 nat at KL 0.06) and
+#: nothing shared across samples, so the surrogate rises but P(rewarded tokens) does not. Two CG
+#: steps stop in the leading Krylov directions (close to the plain gradient, which shares across
+#: samples through the model) and are ~4x cheaper; many small rollouts (``n_steps=32``) and a
+#: per-token ``target_kl`` of 0.2 (the realised KL is lower) give PPO-like progress per sample.
 register_algorithm(
     "trpo",
     policy=LoRAPolicy,
     defaults={
-        "n_steps": 128,
+        "n_steps": 32,
         "batch_size": 64,
         "learning_rate": 2e-4,
         "gamma": 1.0,
         "gae_lambda": 0.95,
-        "target_kl": 0.02,
+        "target_kl": 0.2,
         "n_critic_updates": 5,
-        "cg_max_steps": 10,
+        "cg_max_steps": 2,
     },
 )(TRPO)

@@ -31,8 +31,8 @@ from common import (
     TASK,
     Stopwatch,
     current_rss_mb,
-    emit,
     e_fraction,
+    emit,
     load_prompts,
     median,
     set_threads,
@@ -212,14 +212,14 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.repeats):
         watch.reset()
         ours.append(rollout())
-        parts.append(watch.snapshot())
+        part = watch.snapshot()
+        part["sb3_other"] = ours[-1] - sum(part.values())  # buffer adds, obs_as_tensor, loop
+        parts.append(part)
         gen.append(generate())
     ours_s, gen_s = median(ours), median(gen)
-    breakdown = {
-        key: median([p.get(key, 0.0) for p in parts])
-        for key in ("policy_forward", "last_values", "env_step", "kl_reference")
-    }
-    breakdown["sb3_other"] = max(0.0, ours_s - sum(breakdown.values()))
+    sampling = [o - p.get("kl_reference", 0.0) for o, p in zip(ours, parts, strict=True)]
+    keys = ("policy_forward", "last_values", "env_step", "kl_reference", "sb3_other")
+    breakdown = {key: median([p.get(key, 0.0) for p in parts]) for key in keys}
     result: dict[str, Any] = {
         "mode": "rollout",
         "num_envs": args.num_envs,
@@ -232,12 +232,15 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
         "generate_all_s": gen,
         "ours_tokens_per_s": tokens / ours_s,
         "generate_tokens_per_s": tokens / gen_s,
-        "ratio": gen_s / ours_s,
+        # Median of the ratios of adjacent (ours, generate) pairs: robust to load that drifts
+        # between repeats, which a ratio of medians is not.
+        "ratio": median([g / o for o, g in zip(ours, gen, strict=True)]),
+        "ratio_of_medians": gen_s / ours_s,
         "breakdown_s": breakdown,
         "rollout_step_us": ours_s / args.new_tokens * 1e6,
-        "sampling_only_s": ours_s - breakdown["kl_reference"],
+        "sampling_only_s": median(sampling),
     }
-    result["ratio_sampling_only"] = gen_s / result["sampling_only_s"]
+    result["ratio_sampling_only"] = median([g / s for s, g in zip(sampling, gen, strict=True)])
     if args.floor:
         # The lowest bar: generate on a plain base model (no LoRA layers, default attention).
         from transformers import AutoModelForCausalLM
@@ -329,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--attn", default=None, help="policy attn_implementation (default: the library's)"
     )
-    parser.add_argument("--floor", action="store_true", help="rollout: also time a plain base model")
+    parser.add_argument(
+        "--floor", action="store_true", help="rollout: also time a plain base model"
+    )
     args = parser.parse_args(argv)
     set_threads()
     fn = {"env": bench_env, "rollout": bench_rollout, "e2e": bench_e2e}[args.mode]
@@ -342,4 +347,3 @@ if __name__ == "__main__":
 
     warnings.filterwarnings("ignore")
     raise SystemExit(main())
-

@@ -21,7 +21,6 @@ import argparse
 import json
 import random
 import shutil
-import sys
 
 from common import TASK, Task, TaskPaths, task_dict, task_paths
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import BENCH_DIR, NUM_THREADS, RESULT_MARKER, TASK, task_dict, worker_env
+from common import BENCH_DIR, NUM_THREADS, RESULT_MARKER, TASK, median, task_dict, worker_env
 
 TRL_PYTHON = BENCH_DIR / ".venv-trl" / "bin" / "python"
 SECTIONS = ("env", "rollout", "e2e", "trl", "scaling")
@@ -42,6 +42,8 @@ class Plan:
     rollout_repeats: int
     e2e_updates: int
     trl_steps: int
+    #: Alternating rounds of (ours end-to-end, TRL), each a fresh process.
+    rounds: int
     warmup: int
     batches: tuple[int, ...]
     lengths: tuple[int, ...]
@@ -56,6 +58,7 @@ FULL = Plan(
     rollout_repeats=5,
     e2e_updates=5,
     trl_steps=5,
+    rounds=2,
     warmup=1,
     batches=(8, 32, 128),
     lengths=(32, 128, 512),
@@ -68,9 +71,10 @@ QUICK = Plan(
     rollout_repeats=1,
     e2e_updates=1,
     trl_steps=1,
+    rounds=1,
     warmup=1,
     batches=(8, 32),
-    lengths=(32, 128),
+    lengths=(16, 32),
     scaling_e2e=False,
     scaling_tokens=1,
 )
@@ -141,23 +145,55 @@ def measure(plan: Plan, sections: set[str]) -> dict[str, Any]:
         res["rollout"] = ours(
             "rollout", "--repeats", plan.rollout_repeats, "--warmup", w, "--floor"
         )
-    if "e2e" in sections:
-        res["e2e"] = ours("e2e", "--updates", plan.e2e_updates, "--warmup", w)
-    if "trl" in sections:
-        if trl_available():
-            res["trl"] = run_worker(
-                TRL_PYTHON,
-                "bench_trl.py",
-                ["--steps", str(plan.trl_steps), "--warmup", w],
-                timeout=3600,
+    # Ours and TRL alternate (ours, TRL, ours, TRL...): on a shared machine the background load
+    # drifts, and alternation gives both contestants the same share of it.
+    e2e_rounds: list[dict[str, Any]] = []
+    trl_rounds: list[dict[str, Any]] = []
+    for _ in range(plan.rounds):
+        if "e2e" in sections:
+            e2e_rounds.append(ours("e2e", "--updates", plan.e2e_updates, "--warmup", w))
+        if "trl" in sections:
+            if not trl_available():
+                trl_rounds.append(
+                    {"error": f"{TRL_PYTHON} not found: run `bash benchmarks/setup_trl.sh` first"}
+                )
+                continue
+            trl_rounds.append(
+                run_worker(
+                    TRL_PYTHON,
+                    "bench_trl.py",
+                    ["--steps", str(plan.trl_steps), "--warmup", w],
+                    timeout=3600,
+                )
             )
-        else:
-            res["trl"] = {
-                "error": f"{TRL_PYTHON} not found: run `bash benchmarks/setup_trl.sh` first"
-            }
+    if e2e_rounds:
+        res["e2e"] = merge_rounds(e2e_rounds, "update_all_s", "tokens_per_update", "update_s")
+    if trl_rounds:
+        res["trl"] = merge_rounds(trl_rounds, "step_all_s", "tokens_per_step", "step_s")
     if "scaling" in sections:
         res["scaling"] = measure_scaling(plan, res)
     return res
+
+
+def merge_rounds(
+    rounds: list[dict[str, Any]], all_key: str, tokens_key: str, median_key: str
+) -> dict[str, Any]:
+    """One result from several rounds of a worker: median over every measured update of every
+    round, peak RSS the highest of the rounds (each round is its own process)."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[0]
+    merged = dict(ok[0])
+    measured = [t for r in ok for t in r[all_key][r["warmup"] :]]
+    merged[median_key] = median(measured)
+    merged["tokens_per_s"] = merged[tokens_key] / merged[median_key]
+    merged["measured_s"] = measured
+    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    for key in ("rollout_s", "train_s", "kl_reference_s"):
+        if key in merged:
+            merged[key] = median([r[key] for r in ok])
+    merged["rounds"] = rounds
+    return merged
 
 
 def measure_scaling(plan: Plan, res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,8 +225,14 @@ def measure_scaling(plan: Plan, res: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 e2e = ours("e2e", *common, "--updates", updates)
         out.append(
-            {"axis": axis, "num_envs": b, "new_tokens": length, "n_positions": npos,
-             "rollout": rollout, "e2e": e2e}  # fmt: skip
+            {
+                "axis": axis,
+                "num_envs": b,
+                "new_tokens": length,
+                "n_positions": npos,
+                "rollout": rollout,
+                "e2e": e2e,
+            }  # fmt: skip
         )
     return out
 
@@ -246,7 +288,9 @@ def _fmt(value: Any, spec: str = "{:,.0f}") -> str:
         return str(value)
 
 
-def tables(res: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+def tables(
+    res: dict[str, Any], summary: dict[str, Any]
+) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table; shared by the terminal and the markdown output."""
     out: list[tuple[str, list[str], list[list[str]]]] = []
     env, rollout, e2e, trl = (res.get(k) for k in ("env", "rollout", "e2e", "trl"))
@@ -261,9 +305,11 @@ def tables(res: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, list
         ]  # fmt: skip
         if _ok(rollout):
             rows.append(
-                [f"rollout step ({b} envs, policy + env), for scale",
-                 _fmt(rollout["rollout_step_us"], "{:,.0f}"),
-                 _fmt(rollout["rollout_step_us"] / b, "{:,.0f}")]  # fmt: skip
+                [
+                    f"rollout step ({b} envs, policy + env), for scale",
+                    _fmt(rollout["rollout_step_us"], "{:,.0f}"),
+                    _fmt(rollout["rollout_step_us"] / b, "{:,.0f}"),
+                ]  # fmt: skip
             )
     elif env:
         rows.append(["env benchmark failed", env.get("error", ""), ""])
@@ -276,43 +322,54 @@ def tables(res: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, list
         bd = rollout["breakdown_s"]
         rows += [
             [f"ours: PPO.collect_rollouts, LoRAPolicy + SB3 VecEnv ({b} x {n} tokens)",
-             _fmt(rollout["ours_tokens_per_s"]), _fmt(rollout["ours_s"], "{:.2f}"), "1.00x"],
-            ["  of which sampling loop (policy forwards, env steps, buffer)",
-             _fmt(b * n / rollout["sampling_only_s"]), _fmt(rollout["sampling_only_s"], "{:.2f}"), ""],
-            ["  of which KL reference pass (apply_kl_penalty)", "",
-             _fmt(bd["kl_reference"], "{:.2f}"), ""],
-            ["model.generate, same peft model (LoRA on, same attention)",
-             _fmt(rollout["generate_tokens_per_s"]), _fmt(rollout["generate_s"], "{:.2f}"),
-             _fmt(1 / rollout["ratio"], "{:.2f}x")],
+             _fmt(rollout["ours_tokens_per_s"]), _fmt(rollout["ours_s"], "{:.2f}")],
+            ["  sampling loop only (policy forwards, env steps, buffer adds)",
+             _fmt(b * n / rollout["sampling_only_s"]), _fmt(rollout["sampling_only_s"], "{:.2f}")],
+            ["  KL reference pass at the rollout's end (apply_kl_penalty)", "",
+             _fmt(bd["kl_reference"], "{:.2f}")],
+            ["model.generate, the same peft model (LoRA on, same attention)",
+             _fmt(rollout["generate_tokens_per_s"]), _fmt(rollout["generate_s"], "{:.2f}")],
         ]  # fmt: skip
         if "generate_base_tokens_per_s" in rollout:
             rows.append(
-                [f"model.generate, plain base model (no LoRA, {rollout['generate_base_attn']})",
-                 _fmt(rollout["generate_base_tokens_per_s"]), _fmt(rollout["generate_base_s"], "{:.2f}"),
-                 _fmt(rollout["ours_s"] / rollout["generate_base_s"], "{:.2f}x")]  # fmt: skip
-            )
-        rows.append(["ratio ours / generate (target >= 1.0x)", _fmt(rollout["ratio"], "{:.2f}x"),
-                     "", ""])  # fmt: skip
+                [f"model.generate, plain base model (no LoRA, {rollout['generate_base_attn']}), for scale",
+                 _fmt(rollout["generate_base_tokens_per_s"]), _fmt(rollout["generate_base_s"], "{:.2f}")]
+            )  # fmt: skip
+        rows += [
+            ["ratio ours / generate, whole rollout (target >= 1.0x)",
+             _fmt(rollout["ratio"], "{:.2f}x"), ""],
+            ["ratio ours / generate, sampling loop only", _fmt(rollout["ratio_sampling_only"], "{:.2f}x"), ""],
+        ]  # fmt: skip
     elif rollout:
-        rows.append(["rollout benchmark failed", rollout.get("error", ""), "", ""])
+        rows.append(["rollout benchmark failed", rollout.get("error", ""), ""])
     if rows:
-        out.append(("b. Rollout throughput (median of repeats, interleaved)",
-                    ["", "tokens/s", "s / rollout", "time vs ours"], rows))  # fmt: skip
+        out.append(("b. Rollout throughput (median of interleaved repeats; ratios: median of pairs)",
+                    ["", "tokens/s", "s / rollout"], rows))  # fmt: skip
 
     rows = []
     if _ok(e2e):
         rows.append(
-            [f"ours: PPO + LoRAPolicy ({b} completions/update)", _fmt(e2e["tokens_per_s"]),
-             _fmt(e2e["update_s"], "{:.2f}"), _fmt(e2e["rollout_s"], "{:.2f}"),
-             _fmt(e2e["train_s"], "{:.2f}"), _fmt(e2e["peak_rss_mb"])]  # fmt: skip
+            [
+                f"ours: PPO + LoRAPolicy ({b} completions/update)",
+                _fmt(e2e["tokens_per_s"]),
+                _fmt(e2e["update_s"], "{:.2f}"),
+                _fmt(e2e["rollout_s"], "{:.2f}"),
+                _fmt(e2e["train_s"], "{:.2f}"),
+                _fmt(e2e["peak_rss_mb"]),
+            ]  # fmt: skip
         )
     elif e2e:
         rows.append(["ours failed", e2e.get("error", ""), "", "", "", ""])
     if _ok(trl):
         rows.append(
-            [f"TRL {trl['trl_version']} GRPOTrainer (8 prompts x 4, beta 0.04)",
-             _fmt(trl["tokens_per_s"]), _fmt(trl["step_s"], "{:.2f}"), "-", "-",
-             _fmt(trl["peak_rss_mb"])]  # fmt: skip
+            [
+                f"TRL {trl['trl_version']} GRPOTrainer (8 prompts x 4, beta 0.04)",
+                _fmt(trl["tokens_per_s"]),
+                _fmt(trl["step_s"], "{:.2f}"),
+                "-",
+                "-",
+                _fmt(trl["peak_rss_mb"]),
+            ]  # fmt: skip
         )
     elif trl:
         rows.append(["TRL not measured", trl.get("error", ""), "", "", "", ""])
@@ -328,29 +385,54 @@ def tables(res: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, list
     scaling = res.get("scaling")
     if scaling:
         rows = []
-        ref: dict[str, tuple[float, float]] = {}
+        base: dict[str, float] = {}
         for p in scaling:
             r, e = p["rollout"], p["e2e"]
-            label = f"batch {p['num_envs']}, {p['new_tokens']} tokens (n_positions {p['n_positions']})"
+            label = f"batch {p['num_envs']} x {p['new_tokens']} tokens"
+            if p["n_positions"] != TASK.n_positions:
+                label += f" (npos {p['n_positions']})"
             if not _ok(r):
-                rows.append([label, "failed", "", "", "", "", ""])
+                rows.append([label, "failed", "", "", "", ""])
                 continue
-            us_tok = r["ours_s"] / r["tokens_per_rollout"] * 1e6
-            gen_us_tok = r["generate_s"] / r["tokens_per_rollout"] * 1e6
-            growth = gen_growth = ""
+            # Seconds per generated token: constant when total cost is linear in length.
+            cost = {
+                "ours": r["ours_s"] / r["tokens_per_rollout"],
+                "gen": r["generate_s"] / r["tokens_per_rollout"],
+            }
+            if _ok(e):
+                cost["e2e"] = e["update_s"] / e["tokens_per_update"]
+            growth = ""
             if p["axis"] == "length":
-                base = ref.setdefault("length", (us_tok, gen_us_tok))
-                growth = _fmt(us_tok / base[0], "{:.2f}x")
-                gen_growth = _fmt(gen_us_tok / base[1], "{:.2f}x")
+                if not base:
+                    base.update(cost)
+                growth = " / ".join(
+                    _fmt(cost[k] / base[k], "{:.2f}x") if k in cost and k in base else "n/a"
+                    for k in ("ours", "gen", "e2e")
+                )
             rows.append(
-                [label, _fmt(r["ours_tokens_per_s"]), _fmt(r["generate_tokens_per_s"]),
-                 _fmt(r["ratio"], "{:.2f}x"), _fmt(us_tok, "{:,.0f}"),
-                 f"{growth} / {gen_growth}" if growth else "",
-                 _fmt(e["tokens_per_s"]) if _ok(e) else "n/a"]  # fmt: skip
+                [
+                    label,
+                    _fmt(r["ours_tokens_per_s"]),
+                    _fmt(r["generate_tokens_per_s"]),
+                    _fmt(r["ratio"], "{:.2f}x"),
+                    _fmt(e["tokens_per_s"]) if _ok(e) else "n/a",
+                    growth,
+                ]  # fmt: skip
             )
-        out.append(("e. Scaling (rollout: ours vs generate; per-token cost relative to the shortest length)",
-                    ["", "ours tok/s", "generate tok/s", "ratio", "ours us/token",
-                     "us/token vs shortest: ours / generate", "end-to-end tok/s"], rows))  # fmt: skip
+        out.append(
+            (
+                "e. Scaling: tokens/s by batch and by response length",
+                [
+                    "",
+                    "rollout tok/s",
+                    "generate tok/s",
+                    "rollout / generate",
+                    "end-to-end tok/s",
+                    "cost per token vs shortest: rollout / generate / e2e",
+                ],
+                rows,
+            )  # fmt: skip
+        )
 
     rows = [
         [t["target"], t["shown"], {True: "met", False: "NOT met", None: "not measured"}[t["met"]]]
@@ -370,7 +452,7 @@ def print_tables(all_tables: list[tuple[str, list[str], list[list[str]]]]) -> No
             for row in [header, *rows]:
                 print("  " + " | ".join(row))
         return
-    console = Console(width=max(120, Console().width))
+    console = Console(width=max(150, Console().width))
     for title, header, rows in all_tables:
         table = Table(title=title, title_justify="left")
         for i, h in enumerate(header):
@@ -410,7 +492,7 @@ def machine_info() -> dict[str, Any]:
 
 def _load() -> str:
     try:
-        return "{:.2f}".format(os.getloadavg()[0])
+        return f"{os.getloadavg()[0]:.2f}"
     except OSError:
         return "n/a"
 

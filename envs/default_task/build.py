@@ -461,6 +461,9 @@ def build(
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
+            # The same tanh-approximated GELU as GPT-2's "gelu_new", but one fused kernel
+            # instead of six elementwise ops: ~7% of a PPO update's time on a CPU.
+            activation_function="gelu_pytorch_tanh",
             bos_token_id=eos_id,
             eos_token_id=eos_id,
             pad_token_id=eos_id,
