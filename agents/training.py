@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -72,15 +73,17 @@ class TrainConfig:
     num_envs: int = field(default=32, metadata={"help": "episodes generated in parallel"})
     n_steps: int | None = field(
         default=None,
-        metadata={"help": "rollout steps per env per update (algorithm default if unset)"},
+        metadata={"help": "rollout steps per env per update (unset: the algorithm's LM default)"},
     )
     batch_size: int | None = field(
-        default=None, metadata={"help": "minibatch size (PPO-style algorithms)"}
+        default=None, metadata={"help": "minibatch size (unset: the algorithm's LM default)"}
     )
     n_epochs: int | None = field(
-        default=None, metadata={"help": "passes over each rollout (PPO-style algorithms)"}
+        default=None, metadata={"help": "passes over each rollout (unset: the algorithm's default)"}
     )
-    learning_rate: float | None = field(default=None, metadata={"help": "optimizer learning rate"})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "optimizer learning rate (unset: the algorithm's default)"}
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_target_modules: list[str] | None = field(
@@ -88,7 +91,10 @@ class TrainConfig:
         metadata={"help": "modules to adapt; default: peft's choice for the architecture"},
     )
     kl_coef: float = field(
-        default=0.05, metadata={"help": "KL penalty beta (initial value when adaptive)"}
+        default=0.2,
+        metadata={
+            "help": "KL penalty beta (initial value when adaptive); 0.2 keeps the default task fluent"
+        },
     )
     kl_target: float | None = field(
         default=None, metadata={"help": "target KL per episode; enables the adaptive controller"}
@@ -254,11 +260,7 @@ class _Run:
             }
             if cfg.lora_target_modules:
                 lora["target_modules"] = cfg.lora_target_modules
-            algo_kwargs = {
-                k: getattr(cfg, k)
-                for k in ("n_steps", "batch_size", "n_epochs", "learning_rate")
-                if getattr(cfg, k) is not None
-            }
+            algo_kwargs = _algo_kwargs(cfg)
             self.agent = make_agent(
                 cfg.algo,
                 self.venv,
@@ -407,6 +409,29 @@ def plot_reward_curve(out: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _algo_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The generic training flags the chosen algorithm takes (A2C has no batch_size or n_epochs).
+
+    Flags the algorithm lacks are dropped only when they hold their default; set explicitly
+    (by flag or YAML), they pass through, so the algorithm's own error names them.
+    """
+    from rlhf_gym.agents import get_algorithm
+
+    cls = get_algorithm(cfg.algo).cls
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            accepted |= set(inspect.signature(klass.__init__).parameters)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    kwargs = {}
+    for key in ("n_steps", "batch_size", "n_epochs", "learning_rate"):
+        value = getattr(cfg, key)
+        if value is None or (key not in accepted and value == defaults[key]):
+            continue
+        kwargs[key] = value
+    return kwargs
 
 
 def _default_model() -> str:

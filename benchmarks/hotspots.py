@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/hotspots.py e2e        # PPO updates (rollout + training)
     .venv/bin/python benchmarks/hotspots.py rollout    # collect_rollouts vs model.generate
+    .venv/bin/python benchmarks/hotspots.py trl        # TRL's GRPOTrainer, same buckets
 
 py-spy (a sampling profiler: it does not slow the Python code it measures, unlike cProfile,
 which inflates exactly the Python bookkeeping we are looking for) comes from the benchmark's
@@ -12,8 +13,8 @@ flamegraph.pl); the bucket table is printed and written to ``benchmarks/profiles
 Buckets: each sample (a Python stack) goes to the first rule whose frame names it contains. The
 rules separate the model's own forward/backward from what surrounds it: KV-cache bookkeeping,
 prefix grouping, observation conversion, distributions, env steps, SB3 buffers, optimizer.
-Only samples inside ``learn`` (e2e) or inside ``collect_rollouts`` / ``generate`` (rollout)
-count, so imports and model loading are left out.
+Only samples inside ``learn`` (e2e), ``collect_rollouts`` / ``generate`` (rollout) or TRL's
+training loop (trl) count, so imports and model loading are left out.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from common import BENCH_DIR, worker_env
 PY_SPY = BENCH_DIR / ".venv-trl" / "bin" / "py-spy"
 OUT_DIR = BENCH_DIR / "profiles"
 
-#: (bucket, frames that must ALL be in the stack). First match wins, so specific rules first.
+#: (bucket, frames that must ALL be in the stack; "a|b" = either). First match wins, so
+#: specific rules come first.
 RULES: list[tuple[str, tuple[str, ...]]] = [
     # KL reference pass (inside collect_rollouts, via compute_returns_and_advantage).
     ("kl-ref: group_by_prefix (Python loop)", ("apply_kl_penalty", "group_by_prefix")),
@@ -79,7 +81,36 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("generate: sampling, logits processors, bookkeeping", ("generate",)),
 ]
 
-SCOPES = {"e2e": ("OnPolicyAlgorithm.learn",), "rollout": ("collect_rollouts", "generate")}
+#: The same split for TRL's GRPOTrainer (``hotspots.py trl``), to compare bucket by bucket.
+TRL_RULES: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "trl generate: LM forward",
+        ("GenerationMixin.generate", "GPT2LMHeadModel.forward|PeftModelForCausalLM.forward"),
+    ),
+    ("trl generate: sampling, logits processors, bookkeeping", ("GenerationMixin.generate",)),
+    (
+        "trl ref log-probs: LM forward (adapter off)",
+        ("_generate_and_score_completions", "PeftModelForCausalLM.forward"),
+    ),
+    ("trl scoring, padding, advantages", ("_generate_and_score_completions",)),
+    # TRL 1.x swaps the LM head for a fused, chunked log-prob kernel (never full logits).
+    (
+        "trl loss: LM forward (with grad, fused chunked LM head)",
+        ("compute_loss", "PeftModelForCausalLM.forward"),
+    ),
+    ("trl loss: log-softmax, entropy, loss", ("compute_loss",)),
+    ("trl backward", ("training_step", "backward")),
+    ("trl optimizer step", ("Optimizer.profile_hook_step",)),
+    ("trl optimizer step", ("Adam.step",)),
+    ("trl optimizer step", ("AdamW.step",)),
+    ("trl other (Trainer loop)", ("_inner_training_loop",)),
+]
+
+SCOPES = {
+    "e2e": ("OnPolicyAlgorithm.learn",),
+    "rollout": ("collect_rollouts", "generate"),
+    "trl": ("_inner_training_loop",),
+}
 
 
 def _names(stack: str) -> list[str]:
@@ -100,8 +131,11 @@ def summarize(raw: Path, mode: str) -> list[tuple[str, int, float]]:
             continue
         n = int(n_str)
         total += n
-        for bucket, needles in RULES:
-            if all(any(needle in name for name in names) for needle in needles):
+        for bucket, needles in TRL_RULES if mode == "trl" else RULES:
+            if all(
+                any(alt in name for alt in needle.split("|") for name in names)
+                for needle in needles
+            ):
                 counts[bucket] += n
                 break
         else:
@@ -121,11 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.raw is None:
         if not PY_SPY.exists():
             raise SystemExit(f"{PY_SPY} not found: run `bash benchmarks/setup_trl.sh` first")
-        defaults = {"e2e": ["--updates", "4"], "rollout": ["--repeats", "3"]}[args.mode]
+        defaults = {
+            "e2e": ["--updates", "4"],
+            "rollout": ["--repeats", "3"],
+            "trl": ["--steps", "4"],
+        }
+        if args.mode == "trl":
+            worker = [str(PY_SPY.parent / "python"), str(BENCH_DIR / "bench_trl.py")]
+        else:
+            worker = [sys.executable, str(BENCH_DIR / "bench_ours.py"), args.mode]
         cmd = [
             str(PY_SPY), "record", "--rate", str(args.rate), "--format", "raw", "-o", str(raw),
-            "--", sys.executable, str(BENCH_DIR / "bench_ours.py"), args.mode,
-            *(args.worker_args or defaults),
+            "--", *worker, *(args.worker_args or defaults[args.mode]),
         ]  # fmt: skip
         proc = subprocess.run(
             cmd, cwd=BENCH_DIR.parent, env=worker_env(), capture_output=True, text=True
@@ -137,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(result[-1])
     rows = summarize(raw, args.mode)
     lines = [
-        f"py-spy profile of `bench_ours.py {args.mode}` ({os.path.basename(raw)}), "
+        f"py-spy profile of `{'bench_trl.py' if args.mode == 'trl' else 'bench_ours.py ' + args.mode}` ({os.path.basename(raw)}), "
         f"{sum(c for _, c, _ in rows)} samples in scope",
         "",
         "| bucket | samples | share |",
