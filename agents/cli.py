@@ -221,6 +221,9 @@ def _print_train_report(result: Any) -> None:
             {"before (base)": result.before, "after (LoRA)": result.after},
         )
     )
+    for check in result.checks:
+        mark = "[green]PASS[/]" if check.passed else "[yellow]MISS[/]"
+        console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
     _print_samples("samples before", result.before.samples)
     _print_samples("samples after", result.after.samples)
     console.print(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gymnasium as gym
 
+import rlhf_gym.envs  # noqa: F401  (registers rlhf_gym/TextGeneration-v0)
 from rlhf_gym.envs import default_task
 from rlhf_gym.rewards import register_reward
 

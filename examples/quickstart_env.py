@@ -5,6 +5,8 @@ Run: python examples/quickstart_env.py
 
 import gymnasium as gym
 
+import rlhf_gym.envs  # noqa: F401  (registers rlhf_gym/TextGeneration-v0)
+
 # No arguments: the embedded default task (review prompts, a small GPT-2, a reward model).
 env = gym.make("rlhf_gym/TextGeneration-v0", render_mode="ansi")
 obs, info = env.reset(seed=0)

@@ -1,0 +1,31 @@
+"""The main job on the embedded default task: the learned behaviour is real, not reward hacking.
+
+Runs ``rlhf-gym train``'s defaults (PPO + LoRA, 16k steps, KL 0.2) in-process with one thread,
+which makes it deterministic. Measured on this seed (2-core CPU): held-out reward -0.07 -> +4.5,
+rated positive 48% -> 97%, lexicon sentiment (never seen by the reward model) 0.01 -> 0.64,
+perplexity under the base 2.57 -> 3.2, distinct-2 0.50 -> 0.43. The bounds below leave room.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf_gym.agents.training import TrainConfig, learning_checks, train
+
+
+@pytest.mark.slow
+def test_default_task_main_job_learns_the_preference_and_stays_fluent(tmp_path):
+    result = train(TrainConfig(output_dir=str(tmp_path / "run"), progress_bar=False))
+    before, after = result.before, result.after
+    assert after.reward_mean - before.reward_mean >= 2.0
+    assert after.positive_share >= 0.8 and before.positive_share <= 0.6
+    assert after.metrics["lexicon_sentiment"] - before.metrics["lexicon_sentiment"] >= 0.2
+    assert after.base_ppl <= 1.5 * before.base_ppl
+    assert after.distinct_2 >= 0.75 * before.distinct_2
+    assert 0.0 < after.kl < 10.0 and abs(before.kl) < 1e-4  # before: the adapter is a no-op
+    assert all(check.passed for check in result.checks), result.checks
+    assert result.checks == learning_checks(before, after)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["timesteps"] == 16384
