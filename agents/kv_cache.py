@@ -120,7 +120,12 @@ class RolloutKVCache:
             cols = torch.arange(width + 1, device=input_ids.device)
             mask = (cols[None, :] >= width - old_len[:, None]).long()  # right-aligned + new token
             new_tok = input_ids[rows_e, old_len].unsqueeze(1)
-            past = [(k[rows_e], v[rows_e]) for k, v in self.past]
+            # Indexing copies the whole cache; when every row extends, pass it as it is.
+            past = (
+                self.past
+                if len(rows_e) == batch
+                else [(k[rows_e], v[rows_e]) for k, v in self.past]
+            )
             parts.append((rows_e, call(new_tok, mask, old_len.unsqueeze(1), past)))
             fed += len(rows_e)
 

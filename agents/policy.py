@@ -128,7 +128,7 @@ class _LoRACore:
             :data:`rlhf_gym.agents.lora.DEFAULT_LORA` (``target_modules=None``: peft's choice
             for known architectures).
         :param value_head: ``"linear"`` (one ``Linear(hidden, 1)``) or ``"mlp"``
-            (``Linear-Tanh-Linear``), always in float32. Its output layer starts at zero, so
+            (``Linear-Tanh-Linear``), always in float32. Its output layer starts near zero, so
             the first advantages are the (discounted) rewards rather than a random head's noise.
         :param value_trunk: ``"detached"`` (default): the value head reads the LM's hidden state
             but its loss does not train the adapter. With a shared trunk the value loss (the
@@ -216,7 +216,9 @@ class _LoRACore:
         for module in head.modules():
             if isinstance(module, nn.Linear):
                 if module.out_features == 1:
-                    nn.init.zeros_(module.weight)  # V = 0 until the head has seen returns
+                    # V ~ 0 until the head has seen returns (tiny, not zero: an MLP head's
+                    # first layer would get no gradient through a zero output layer).
+                    nn.init.orthogonal_(module.weight, gain=0.01)
                 else:
                     nn.init.orthogonal_(module.weight, gain=2**0.5)
                 nn.init.zeros_(module.bias)

@@ -104,7 +104,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
     output_dir: str = field(default="runs/default", metadata={"help": "run directory"})
     eval_every: int = field(
-        default=0,
+        default=4096,
         metadata={"help": "evaluate on held-out prompts every N steps (0: only before and after)"},
     )
     eval_episodes: int = field(default=128, metadata={"help": "held-out prompts per evaluation"})
