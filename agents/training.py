@@ -91,9 +91,9 @@ class TrainConfig:
         metadata={"help": "modules to adapt; default: peft's choice for the architecture"},
     )
     kl_coef: float = field(
-        default=0.2,
+        default=0.3,
         metadata={
-            "help": "KL penalty beta (initial value when adaptive); 0.2 keeps the default task fluent"
+            "help": "KL penalty beta (initial value when adaptive); 0.3 keeps the default task fluent"
         },
     )
     kl_target: float | None = field(

@@ -41,7 +41,7 @@ for column in ["algorithm", "before (base)", "after", "KL to reference"]:
     table.add_column(column, justify="right")
 for name in ["ppo", "a2c", "trpo", "maskable_ppo"]:
     env = make_vec_env(16, seed=0)  # the same env for every algorithm
-    agent = make_agent(name, env, model=default_task.policy_path(), lora={"r": 8}, kl_coef=0.2)
+    agent = make_agent(name, env, model=default_task.policy_path(), lora={"r": 8}, kl_coef=0.3)
     before, _ = held_out_reward(agent.policy.model, use_adapter=False)
     agent.learn(args.steps)
     after, kl = held_out_reward(agent.policy.model, use_adapter=True)
