@@ -46,29 +46,42 @@ def valid_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
 def group_by_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PrefixGroups:
     """Group each row with the longest row of which it is a prefix.
 
-    Rows are visited from longest to shortest; a row joins the first representative (in that
-    order, hence a longest one) whose tokens agree with it on the row's valid part, otherwise it
-    becomes a representative itself. Cost: one vectorised comparison per row against the
-    current representatives, O(N * G * L) element compares.
+    Rows are visited from longest to shortest; a row joins the representative that first
+    registered its prefix (in that order, hence a longest one) when their tokens agree on the
+    row's valid part, otherwise it becomes a representative itself and registers all of its
+    prefixes. Prefixes are looked up by two independent rolling hashes (vectorised, int64
+    arithmetic that wraps): a false merge needs a 128-bit collision.
+    Cost: O(N) dictionary lookups plus O(G * L) registrations, instead of comparing every row
+    with every representative.
     """
     lengths = valid_lengths(attention_mask)
     n, width = input_ids.shape
-    order = torch.argsort(lengths, descending=True, stable=True)
-    group = torch.empty(n, dtype=torch.long, device=input_ids.device)
+    ids = input_ids.long() * attention_mask.long()
+    hashes = []
+    for base in (1_000_003, 998_244_353):
+        powers = torch.full((width,), base, dtype=torch.long, device=ids.device).cumprod(0)
+        hashes.append(((ids + 1) * powers).cumsum(1))  # [N, L]: hash of each first t+1 tokens
+    prefix_hash = torch.stack(hashes, dim=-1)  # [N, L, 2]
+    last = (lengths - 1).clamp(min=0)
+    keys = [tuple(k) for k in prefix_hash[torch.arange(n, device=ids.device), last].tolist()]
+    lengths_list = lengths.tolist()
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    group = [0] * n
     reps: list[int] = []
-    rep_ids = input_ids.new_empty((0, width))
-    positions = torch.arange(width, device=input_ids.device)
-    for idx in order.tolist():
-        length = int(lengths[idx])
-        if reps:
-            row = input_ids[idx]
-            match = ((rep_ids == row) | (positions >= length)).all(-1)
-            hits = match.nonzero()
-            if len(hits) > 0:
-                group[idx] = int(hits[0])
-                continue
+    owner: dict[tuple[int, tuple[int, ...]], int] = {}  # (length, prefix hashes) -> representative
+    for idx in order:
+        length = lengths_list[idx]
+        rep = owner.get((length, keys[idx]))
+        if rep is not None:
+            group[idx] = group[rep]
+            continue
         group[idx] = len(reps)
         reps.append(idx)
-        rep_ids = torch.cat([rep_ids, input_ids[idx : idx + 1]], dim=0)
-    representatives = torch.tensor(reps, dtype=torch.long, device=input_ids.device)
-    return PrefixGroups(representatives, group, lengths)
+        for t, h in enumerate(prefix_hash[idx, :length].tolist()):
+            owner.setdefault((t + 1, tuple(h)), idx)
+    device = input_ids.device
+    return PrefixGroups(
+        torch.tensor(reps, dtype=torch.long, device=device),
+        torch.tensor(group, dtype=torch.long, device=device),
+        lengths,
+    )
