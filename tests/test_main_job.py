@@ -1,9 +1,10 @@
 """The main job on the embedded default task: the learned behaviour is real, not reward hacking.
 
 Runs ``rlhf-gym train``'s defaults (PPO + LoRA, 16k steps, KL 0.3) in-process with one thread,
-which makes it deterministic. Measured on this seed (2-core CPU): held-out reward -0.07 -> +4.5,
-rated positive 48% -> 97%, lexicon sentiment (never seen by the reward model) 0.01 -> 0.64,
-perplexity under the base 2.57 -> 3.2, distinct-2 0.50 -> 0.43. The bounds below leave room.
+which makes it deterministic. Measured on this seed with one thread (2-core CPU): held-out
+reward -0.07 -> +4.52, rated positive 48% -> 96%, lexicon sentiment (never seen by the reward
+model) 0.01 -> 0.76, perplexity under the base 2.57 -> 3.06, distinct-2 0.50 -> 0.46, KL 2.1.
+The bounds below leave room.
 """
 
 from __future__ import annotations
