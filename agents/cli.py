@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the run's own
+    # Raised inside peft/transformers on every adapter load; nothing a user of this CLI can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     try:
         return _dispatch(args)
     except (FileNotFoundError, ValueError, KeyError, OSError, TypeError) as err:
