@@ -96,3 +96,25 @@ def save_model(path: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenize
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def install_example_reward_plugin(tmp_path: Path) -> Path:
+    """pip-install ``examples/reward_plugin`` into ``tmp_path/site`` and return that directory.
+
+    Real packaging (build backend, entry-point metadata), about 2 s. It builds from a copy
+    because pip builds in-tree and would leave ``build/`` and ``*.egg-info`` in the repo.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    source = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "reward_plugin", source)
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "-q", "--target", str(target), str(source)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return target

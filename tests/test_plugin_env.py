@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 
 import rlhf_gym.envs  # noqa: F401
 from rlhf_gym.envs import ENV_ID
+from tests._tiny import install_example_reward_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,15 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_installed_plugin_by_name_in_gym_make(
     tmp_path, monkeypatch, tiny_tokenizer_dir, tiny_tokenizer
 ):
-    source = tmp_path / "src"
-    shutil.copytree(REPO / "examples" / "reward_plugin", source)  # pip builds in-tree
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "-q", "--target", str(target), str(source)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    target = install_example_reward_plugin(tmp_path)
     monkeypatch.syspath_prepend(str(target))
     monkeypatch.delitem(sys.modules, "rlhf_gym_example_reward", raising=False)
     env = gym.make(ENV_ID, tokenizer=str(tiny_tokenizer_dir), prompts=["say it"], reward={"shouting": 2.0},

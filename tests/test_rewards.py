@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import subprocess
 import sys
 import warnings
@@ -29,6 +28,7 @@ from rlhf_gym.rewards import (
     resolve_reward,
 )
 from rlhf_gym.rewards import registry as registry_module
+from tests._tiny import install_example_reward_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = ["exact_match", "keyword", "length", "regex", "reward_model"]
@@ -430,16 +430,7 @@ def test_example_plugin_installs_and_registers_by_entry_point(
 ) -> None:
     """Real packaging: pip-install examples/reward_plugin into a target dir on sys.path (~2 s)."""
     forget_modules.append("rlhf_gym_example_reward")
-    source = tmp_path / "src"
-    # Build from a copy: pip builds in-tree and would leave build/ and *.egg-info in the repo.
-    shutil.copytree(REPO / "examples" / "reward_plugin", source)
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "-q", "--target", str(target), str(source)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    target = install_example_reward_plugin(tmp_path)
     assert "shouting" not in list_rewards()
     monkeypatch.syspath_prepend(str(target))
 
