@@ -25,7 +25,7 @@ from stable_baselines3.common.logger import CSVOutputFormat, configure
 
 from rlhf_gym.agents import checkpoints as ckpt
 from rlhf_gym.agents.evaluation import EvalStats, evaluate_model
-from rlhf_gym.envs import PromptDataset, TextGenerationEnv, make_vec_env
+from rlhf_gym.envs import TextGenerationEnv, make_vec_env
 
 
 @dataclass
@@ -497,7 +497,3 @@ def _has_tensorboard() -> bool:
     except ImportError:
         return False
     return True
-
-
-def prompt_rows(path: str, env: TextGenerationEnv) -> PromptDataset:
-    return PromptDataset.from_source(path, env.tokenizer, max_prompt_tokens=env.max_prompt_tokens)

@@ -22,7 +22,7 @@ follows a finished response), so SB3 must not bootstrap a value after it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -241,8 +241,3 @@ def make_vec_env(num_envs: int = 1, *, seed: int | None = None, **env_kwargs: An
     if seed is not None:
         venv.seed(seed)
     return venv
-
-
-def iter_final_infos(infos: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The infos of finished episodes in an SB3 info list (those with a terminal observation)."""
-    return [info for info in infos if "terminal_observation" in info]
