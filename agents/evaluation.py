@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rlhf_gym.envs.prompts import PromptRow
+from rlhf_gym.envs.prompts import PromptRow, reward_kwargs
 from rlhf_gym.rewards import CompositeReward, resolve_reward
 
 
@@ -197,11 +197,14 @@ def evaluate_model(
             seed=seed,
         )
         logp = completion_logprobs(model, samples)
-    with adapter_disabled(model, True):
-        logp_ref = completion_logprobs(model, samples)
+    if use_adapter:
+        with adapter_disabled(model, True):
+            logp_ref = completion_logprobs(model, samples)
+    else:  # sampled from the base itself: the reference log-probs are the ones just computed
+        logp_ref = logp
     model.train(was_training)
 
-    kwargs = _reward_kwargs(samples)
+    kwargs = reward_kwargs(samples.rows, samples.completions, samples.completion_ids)
     total = reward_fn(**kwargs).total
     extra = {
         name: float(np.mean(resolve_reward(spec)(**kwargs).total))
@@ -227,18 +230,3 @@ def evaluate_model(
         metrics=extra,
         samples=kept,
     )
-
-
-def _reward_kwargs(samples: Samples) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "prompts": [r.text for r in samples.rows],
-        "completions": samples.completions,
-        "prompt_ids": [r.input_ids.tolist() for r in samples.rows],
-        "completion_ids": samples.completion_ids,
-    }
-    columns: dict[str, None] = {}
-    for r in samples.rows:
-        columns.update(dict.fromkeys(r.extras))
-    for column in columns:
-        kwargs.setdefault(column, [r.extras.get(column) for r in samples.rows])
-    return kwargs

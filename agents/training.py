@@ -194,8 +194,12 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kwargs
 
 
-def eval_env(cfg: TrainConfig) -> TextGenerationEnv:
+def eval_env(cfg: TrainConfig, train_env: TextGenerationEnv | None = None) -> TextGenerationEnv:
+    """The held-out env; given ``train_env``, it reuses its tokenizer and reward (and so the one
+    reward model already in memory) instead of loading them again."""
     kwargs = env_kwargs(cfg)
+    if train_env is not None:
+        kwargs.update(tokenizer=train_env.tokenizer, reward=train_env.reward_fn)
     if cfg.eval_prompts is not None:
         kwargs.update(prompts=cfg.eval_prompts, split="all")
     else:
@@ -279,7 +283,7 @@ class _Run:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.venv = make_vec_env(cfg.num_envs, seed=cfg.seed, **env_kwargs(cfg))
-        self.eval_env = eval_env(cfg)
+        self.eval_env = eval_env(cfg, self.venv.envs[0])
         self.metrics = default_metrics(cfg)
         self.positive_threshold = self._positive_threshold()
         self.resumed_from = ckpt.latest_checkpoint(self.out) if cfg.resume else None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +56,30 @@ class PromptRow:
     input_ids: np.ndarray
     extras: dict[str, Any] = field(default_factory=dict)
     truncated: bool = False
+
+
+def reward_kwargs(
+    rows: Sequence[PromptRow],
+    completions: list[str],
+    completion_ids: list[list[int]],
+    columns: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments of one reward call (TRL's contract) for ``rows`` and their completions.
+
+    Extra columns travel as one list each; ``columns`` defaults to every extra column of
+    ``rows``, and a row without a column passes ``None``.
+    """
+    if columns is None:
+        columns = dict.fromkeys(k for row in rows for k in row.extras)
+    kwargs: dict[str, Any] = {
+        "prompts": [row.text for row in rows],
+        "completions": completions,
+        "prompt_ids": [row.input_ids.tolist() for row in rows],
+        "completion_ids": completion_ids,
+    }
+    for column in columns:
+        kwargs.setdefault(column, [row.extras.get(column) for row in rows])
+    return kwargs
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,10 +211,7 @@ class PromptDataset:
 
     @property
     def extra_columns(self) -> list[str]:
-        cols: dict[str, None] = {}
-        for row in self.rows:
-            cols.update(dict.fromkeys(row.extras))
-        return list(cols)
+        return list(dict.fromkeys(k for row in self.rows for k in row.extras))
 
     @classmethod
     def from_source(
@@ -263,9 +284,11 @@ class PromptDataset:
             )
         order = np.random.default_rng(seed).permutation(len(self))
         eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
-        pick = lambda idx, tag: PromptDataset(  # noqa: E731
-            [self.rows[i] for i in idx], name=f"{self.name}[{tag}]", n_truncated=self.n_truncated
-        )
+
+        def pick(idx: list[int], tag: str) -> PromptDataset:
+            rows = [self.rows[i] for i in idx]
+            return PromptDataset(rows, name=f"{self.name}[{tag}]", n_truncated=self.n_truncated)
+
         return pick(train_idx, "train"), pick(eval_idx, "eval")
 
 

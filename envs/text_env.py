@@ -20,6 +20,7 @@ from rlhf_gym.envs.prompts import (
     Split,
     Truncation,
     resolve_split,
+    reward_kwargs,
 )
 from rlhf_gym.envs.tokenizer import load_tokenizer
 from rlhf_gym.rewards import CompositeReward, RewardOutput, resolve_reward
@@ -320,15 +321,12 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         """Keyword arguments of one reward call for the finished episodes of ``envs``."""
         rows = [env._row for env in envs]
         assert all(row is not None for row in rows)
-        kwargs: dict[str, Any] = {
-            "prompts": [row.text for row in rows],  # type: ignore[union-attr]
-            "completions": [env.response_text for env in envs],
-            "prompt_ids": [row.input_ids.tolist() for row in rows],  # type: ignore[union-attr]
-            "completion_ids": [env.response_ids.tolist() for env in envs],
-        }
-        for column in envs[0].dataset.extra_columns:
-            kwargs.setdefault(column, [row.extras.get(column) for row in rows])  # type: ignore[union-attr]
-        return kwargs
+        return reward_kwargs(
+            rows,  # type: ignore[arg-type]
+            [env.response_text for env in envs],
+            [env.response_ids.tolist() for env in envs],
+            envs[0].dataset.extra_columns,
+        )
 
     def _final_info(self, output: RewardOutput, i: int) -> dict[str, Any]:
         assert self._row is not None

@@ -149,7 +149,7 @@ class SB3VecEnv(VecEnv):
         return self.vector_env.envs
 
     def reset(self) -> Obs:
-        seeds = [s if s is not None else None for s in self._seeds]
+        seeds = list(self._seeds)
         obs, _ = self.vector_env.reset(seed=seeds if any(s is not None for s in seeds) else None)
         self._reset_seeds()
         self._reset_options()
