@@ -87,6 +87,9 @@ def test_train_writes_run_directory(tmp_path, tiny_task):
         "adapter/adapter_config.json",
     ]:
         assert (out / name).exists(), name
+    assert list(out.glob("events.out.tfevents.*")), (
+        "tensorboard is installed (dev extra): events expected"
+    )
     rows = list(csv.DictReader((out / "eval.csv").open()))
     assert [int(r["step"]) for r in rows] == [0, 48]
     samples = json.loads((out / "samples.json").read_text())
