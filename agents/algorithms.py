@@ -94,6 +94,14 @@ class KLControlMixin:
         if "model" in self.policy_kwargs and hasattr(self.policy, "model_name_or_path"):
             self.policy_kwargs = {**self.policy_kwargs, "model": self.policy.model_name_or_path}
 
+    def train(self) -> None:
+        # The full-vocabulary entropy costs a [batch, vocab] softmax and its backward; with
+        # ent_coef == 0 (TRPO has none) it is multiplied by zero, so the policy skips it and
+        # SB3 logs its sample estimate -mean(log_prob) as train/entropy_loss instead.
+        if hasattr(self.policy, "compute_entropy"):
+            self.policy.compute_entropy = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
+        super().train()  # type: ignore[misc]
+
 
 class PPO(KLControlMixin, sb3.PPO):
     """stable-baselines3 PPO with KL control (see :class:`KLControlMixin`)."""

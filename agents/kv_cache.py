@@ -1,16 +1,25 @@
-"""A per-env key/value cache for rollouts: one new token per env per step.
+"""A per-env key/value cache for rollouts: one new token per env per step, written in place.
 
 During ``collect_rollouts`` stable-baselines3 calls ``policy(obs)`` once per step with the
 observations of all envs. Each env's observation is the previous one plus the token just
 sampled, so re-running the model on the whole context would cost O(L) tokens per env per step;
 with this cache it costs one.
 
-Layout (shapes ``[B, heads, T, head_dim]`` per layer, B = number of envs): every row keeps its
-valid tokens RIGHT-aligned, the holes to their left are masked out of attention, and each fed
-token gets an explicit ``position_id`` (its index in its own sequence). That lets rows of
-different lengths share one batched forward, and a row whose env has just reset can be
-re-prefilled on its own and written back into the right-aligned region (the cache grows or is
-trimmed to the longest row).
+Layout: every layer's keys and values live in ONE preallocated buffer ``[B, heads, capacity,
+head_dim]`` for the whole rollout. The model sees the columns ``[start, end)`` as its past (a
+view, no copy) and writes the new token's keys/values in place at column ``end``
+(:class:`BufferLayer`, a transformers ``DynamicLayer`` whose ``update`` does not concatenate).
+transformers' own ``DynamicCache`` concatenates on every step, copying the whole cache (it was
+27% of a decode step's time on the benchmark task, and what made cost per token grow with
+length); here a step copies nothing, and the buffer grows by doubling, so copies are amortised.
+
+Every row keeps its valid tokens RIGHT-aligned in ``[start, end)``, the holes to their left are
+masked out of attention, and each fed token gets an explicit ``position_id`` (its index in its
+own sequence). That lets rows of different lengths share one batched forward. A row whose env
+has just reset is re-prefilled on its own and its keys/values are written into its right-aligned
+region. In a step where some rows extend and others reset, the extend forward still runs on the
+whole batch (a reset row gets a placeholder token whose outputs and column are overwritten by
+its re-prefill): one token of waste per reset row instead of gathering and scattering the cache.
 
 Validation, not trust: before feeding, each row's cached tokens are compared with the new
 observation. A row is *extended* when the observation is the cached tokens plus exactly one
@@ -23,12 +32,60 @@ fingerprint of the trainable parameters that the caller passes in.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
-#: Past key/values of every layer, each ``(keys, values)`` of shape ``[B, heads, T, head_dim]``.
-PastKV = list[tuple[torch.Tensor, torch.Tensor]]
+
+class _Span:
+    """The columns ``[start, end)`` of the buffers that hold the cached tokens (shared by layers)."""
+
+    __slots__ = ("start", "end")
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.end = 0
+
+
+class BufferLayer(DynamicLayer):
+    """A ``DynamicLayer`` over a preallocated buffer: ``update`` writes in place, returns views.
+
+    The layer does not advance the span itself (every layer writes the same columns in one
+    forward); :class:`RolloutKVCache` does once the forward is done.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, span: _Span) -> None:
+        super().__init__()
+        self.key_buffer, self.value_buffer, self.span = keys, values, span
+        self.device = keys.device
+        self.is_initialized = True
+        self._refresh()
+
+    def _refresh(self) -> None:
+        start, end = self.span.start, self.span.end
+        self.keys = self.key_buffer[:, :, start:end]
+        self.values = self.value_buffer[:, :, start:end]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.span.start, self.span.end
+        stop = end + key_states.shape[-2]
+        self.key_buffer[:, :, end:stop] = key_states
+        self.value_buffer[:, :, end:stop] = value_states
+        return self.key_buffer[:, :, start:stop], self.value_buffer[:, :, start:stop]
+
+    def get_seq_length(self) -> int:
+        return self.span.end - self.span.start
+
+
+class BufferCache(DynamicCache):
+    """A ``DynamicCache`` whose layers are :class:`BufferLayer` (what the model is handed)."""
+
+    def __init__(self, layers: list[BufferLayer]) -> None:
+        Cache.__init__(self, layers=list(layers))
 
 
 class LMCallResult(NamedTuple):
@@ -36,43 +93,110 @@ class LMCallResult(NamedTuple):
 
     logits: torch.Tensor  # [n, vocab]
     hidden: torch.Tensor  # [n, hidden]
-    past: PastKV  # the input past extended by the fed tokens
+    past: list[tuple[torch.Tensor, torch.Tensor]] | None  # keys/values per layer (fresh cache)
 
 
-#: ``call(input_ids [n, t], attention_mask [n, T_past + t], position_ids [n, t], past | None)``.
-LMCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "PastKV | None"], LMCallResult]
-
-
-def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - x.shape[dim]
-    if missing <= 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([x.new_zeros(shape), x], dim=dim)
+#: ``call(input_ids [n, t], attention_mask [n, T_past + t], position_ids [n, t], cache | None)``.
+#: With ``cache=None`` the call starts a fresh cache and returns its keys/values in ``past``;
+#: with a :class:`BufferCache` the model writes into it and ``past`` may be None.
+LMCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "BufferCache | None"], LMCallResult]
 
 
 class RolloutKVCache:
     """Batch KV cache keyed on the batch row (= env index) of successive rollout calls."""
 
+    #: Extra columns allocated past the current need, so short rollouts never reallocate.
+    MIN_HEADROOM = 64
+
     def __init__(self) -> None:
+        self.key_buffers: list[torch.Tensor] = []
+        self.value_buffers: list[torch.Tensor] = []
+        self.span = _Span()
+        self.layers: list[BufferLayer] = []
         self.clear()
         self.tokens_fed_total = 0
+        #: Times the cached columns were copied to a new place (compaction or growth): rare.
+        self.relayouts = 0
 
     def clear(self) -> None:
-        """Forget everything (called when the weights change or the batch changes shape)."""
-        self.past: PastKV | None = None
+        """Forget the cached tokens (weights changed, batch changed shape). Buffers are kept."""
+        self.valid = False
         self.ids: torch.Tensor | None = None  # [B, L] the obs tokens the cache holds (right-padded)
         self.lengths: torch.Tensor | None = None  # [B] number of cached tokens per row
         self.last_logits: torch.Tensor | None = None  # [B, vocab] output at each row's last token
         self.last_hidden: torch.Tensor | None = None  # [B, hidden]
         self.fingerprint: Hashable | None = None
         self.tokens_fed_last = 0
+        self.span.start = self.span.end = 0
 
     @property
     def width(self) -> int:
-        return 0 if self.past is None else int(self.past[0][0].shape[-2])
+        """Number of cache columns the model attends over (the longest cached row)."""
+        return self.span.end - self.span.start
 
+    @property
+    def capacity(self) -> int:
+        return 0 if not self.key_buffers else int(self.key_buffers[0].shape[-2])
+
+    # ------------------------------------------------------------------ buffer management
+    def _allocate(
+        self, past: list[tuple[torch.Tensor, torch.Tensor]], batch: int, width: int
+    ) -> None:
+        """(Re)allocate buffers for ``batch`` rows and at least ``width`` columns, if needed."""
+        k0 = past[0][0]
+        shape_ok = (
+            len(self.key_buffers) == len(past)
+            and self.key_buffers[0].shape[0] == batch
+            and self.key_buffers[0].shape[1] == k0.shape[1]
+            and self.key_buffers[0].shape[-1] == k0.shape[-1]
+            and self.key_buffers[0].dtype == k0.dtype
+            and self.key_buffers[0].device == k0.device
+        )
+        if shape_ok and self.capacity >= width + 1:
+            return
+        capacity = max(2 * width, width + self.MIN_HEADROOM)
+        self.key_buffers = [
+            k.new_zeros((batch, k.shape[1], capacity, k.shape[-1])) for k, _ in past
+        ]
+        self.value_buffers = [
+            v.new_zeros((batch, v.shape[1], capacity, v.shape[-1])) for _, v in past
+        ]
+        self._rebind()
+
+    def _rebind(self) -> None:
+        self.layers = [
+            BufferLayer(k, v, self.span)
+            for k, v in zip(self.key_buffers, self.value_buffers, strict=True)
+        ]
+
+    def _make_room(self, left: int, right: int) -> None:
+        """Ensure ``left`` free columns before ``start`` and ``right`` after ``end``."""
+        start, end = self.span.start, self.span.end
+        if start >= left and self.capacity - end >= right:
+            return
+        width = end - start
+        capacity = self.capacity
+        if 2 * (left + width + right) > capacity:  # keep compactions rare: grow when half full
+            capacity = max(2 * capacity, left + width + right + self.MIN_HEADROOM)
+        self.relayouts += 1
+        new_keys, new_values = [], []
+        for k, v in zip(self.key_buffers, self.value_buffers, strict=True):
+            k_new = k.new_zeros((*k.shape[:2], capacity, k.shape[-1]))
+            v_new = v.new_zeros((*v.shape[:2], capacity, v.shape[-1]))
+            k_new[:, :, left : left + width] = k[:, :, start:end]
+            v_new[:, :, left : left + width] = v[:, :, start:end]
+            new_keys.append(k_new)
+            new_values.append(v_new)
+        self.key_buffers, self.value_buffers = new_keys, new_values
+        self.span.start, self.span.end = left, left + width
+        self._rebind()
+
+    def _cache(self) -> BufferCache:
+        for layer in self.layers:
+            layer._refresh()
+        return BufferCache(self.layers)
+
+    # ------------------------------------------------------------------ the step
     def step(
         self,
         call: LMCall,
@@ -90,7 +214,7 @@ class RolloutKVCache:
         if int(lengths.min()) < 1:
             raise ValueError("Every observation must hold at least one token (the prompt).")
         if (
-            self.past is None
+            not self.valid
             or self.ids is None
             or self.ids.shape != input_ids.shape
             or fingerprint != self.fingerprint
@@ -106,92 +230,85 @@ class RolloutKVCache:
             prefix_ok = ((self.ids == input_ids) | ~in_cache).all(-1)
             extend = prefix_ok & (lengths == self.lengths + 1)
             same = prefix_ok & (lengths == self.lengths)
-            prefill = ~(extend | same)
-
-        rows_e = extend.nonzero().flatten()
-        rows_p = prefill.nonzero().flatten()
+            # A reused row cannot sit out a batched extend (its column would move): re-prefill it.
+            prefill = ~extend if bool(extend.any()) else ~same
         fed = 0
-        parts: list[tuple[torch.Tensor, LMCallResult]] = []
-
-        if len(rows_e) > 0:
-            assert self.past is not None and self.lengths is not None
-            old_len = self.lengths[rows_e]
-            width = self.width
-            cols = torch.arange(width + 1, device=input_ids.device)
-            mask = (cols[None, :] >= width - old_len[:, None]).long()  # right-aligned + new token
-            new_tok = input_ids[rows_e, old_len].unsqueeze(1)
-            # Indexing copies the whole cache; when every row extends, pass it as it is.
-            past = (
-                self.past
-                if len(rows_e) == batch
-                else [(k[rows_e], v[rows_e]) for k, v in self.past]
-            )
-            parts.append((rows_e, call(new_tok, mask, old_len.unsqueeze(1), past)))
-            fed += len(rows_e)
-
+        extended = bool(extend.any())
+        if extended:
+            fed += self._extend(call, input_ids, extend)
+        rows_p = prefill.nonzero().flatten()
         if len(rows_p) > 0:
-            lens = lengths[rows_p]
-            width_p = int(lens.max())
-            cols = torch.arange(width_p, device=input_ids.device)
-            mask = (cols[None, :] >= width_p - lens[:, None]).long()
-            # Right-align each row's tokens: column c holds token c - (width_p - len).
-            src = (cols[None, :] - (width_p - lens[:, None])).clamp(min=0)
-            ids = torch.gather(input_ids[rows_p, :width_p], 1, src) * mask
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            parts.append((rows_p, call(ids, mask, position_ids, None)))
-            fed += int(lens.sum())
-
-        self._merge(parts, batch, input_ids, lengths)
+            fed += self._prefill(call, input_ids, lengths, rows_p, batch, fresh_outputs=extended)
+        keep = int(lengths.max())
+        if self.width > keep:  # the longest rows were reset: stop attending over their columns
+            self.span.start = self.span.end - keep
+        self.valid = True
+        self.ids = input_ids.clone()
+        self.lengths = lengths.clone()
         self.tokens_fed_last = fed
         self.tokens_fed_total += fed
         assert self.last_logits is not None and self.last_hidden is not None
         return self.last_logits, self.last_hidden
 
-    def _merge(
+    def _extend(self, call: LMCall, input_ids: torch.Tensor, extend: torch.Tensor) -> int:
+        """One token for every row at column ``end`` (placeholders for rows that do not extend)."""
+        assert self.lengths is not None
+        self._make_room(0, 1)
+        old_len = self.lengths
+        width = self.width
+        cols = torch.arange(width + 1, device=input_ids.device)
+        mask = (cols[None, :] >= width - old_len[:, None]).long()  # right-aligned + new token
+        index = old_len.clamp(max=input_ids.shape[1] - 1).unsqueeze(1)
+        new_tok = torch.gather(input_ids, 1, index) * extend.unsqueeze(1)
+        position_ids = (old_len * extend).unsqueeze(1)  # placeholders: token 0 at position 0
+        result = call(new_tok, mask, position_ids, self._cache())
+        self.span.end += 1
+        self.last_logits, self.last_hidden = result.logits, result.hidden
+        return int(input_ids.shape[0])
+
+    def _prefill(
         self,
-        parts: list[tuple[torch.Tensor, LMCallResult]],
-        batch: int,
+        call: LMCall,
         input_ids: torch.Tensor,
         lengths: torch.Tensor,
-    ) -> None:
-        """Write each part's rows back, keeping every row right-aligned; trim unused columns."""
-        if not parts:  # every row already cached: nothing fed
-            assert self.past is not None and self.last_logits is not None
-            past, logits, hidden = self.past, self.last_logits, self.last_hidden
-        elif len(parts) == 1 and len(parts[0][0]) == batch:
-            rows, result = parts[0]
-            past, logits, hidden = result.past, result.logits, result.hidden
+        rows: torch.Tensor,
+        batch: int,
+        *,
+        fresh_outputs: bool,
+    ) -> int:
+        """Feed ``rows`` whole, right-aligned, then write their keys/values into the buffers."""
+        lens = lengths[rows]
+        width_p = int(lens.max())
+        cols = torch.arange(width_p, device=input_ids.device)
+        mask = (cols[None, :] >= width_p - lens[:, None]).long()
+        # Right-align each row's tokens: column c holds token c - (width_p - len).
+        src = (cols[None, :] - (width_p - lens[:, None])).clamp(min=0)
+        ids = torch.gather(input_ids[rows, :width_p], 1, src) * mask
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        result = call(ids, mask, position_ids, None)
+        assert result.past is not None
+        whole_batch = len(rows) == batch
+        if whole_batch:
+            self._allocate(result.past, batch, width_p)
+            self.span.start, self.span.end = 0, width_p
+            self.last_logits, self.last_hidden = result.logits, result.hidden
         else:
-            widths = [int(res.past[0][0].shape[-2]) for _, res in parts]
-            if self.past is not None:
-                widths.append(self.width)
-            width = max(widths)
-            template = parts[0][1]
-            if self.past is not None:
-                past = [(_left_pad(k, width, 2), _left_pad(v, width, 2)) for k, v in self.past]
-                assert self.last_logits is not None and self.last_hidden is not None
-                logits, hidden = self.last_logits.clone(), self.last_hidden.clone()
+            assert self.last_logits is not None and self.last_hidden is not None
+            self._make_room(max(0, width_p - self.width), 0)
+            self.span.start = min(self.span.start, self.span.end - width_p)
+            if not fresh_outputs:  # never write into the outputs an earlier call returned
+                self.last_logits = self.last_logits.clone()
+                self.last_hidden = self.last_hidden.clone()
+            self.last_logits[rows] = result.logits
+            self.last_hidden[rows] = result.hidden
+        start, end = self.span.end - width_p, self.span.end
+        for (k_new, v_new), k_buf, v_buf in zip(
+            result.past, self.key_buffers, self.value_buffers, strict=True
+        ):
+            if whole_batch:
+                k_buf[:, :, start:end] = k_new
+                v_buf[:, :, start:end] = v_new
             else:
-                past = [
-                    (
-                        k.new_zeros((batch, *k.shape[1:2], width, k.shape[-1])),
-                        v.new_zeros((batch, *v.shape[1:2], width, v.shape[-1])),
-                    )
-                    for k, v in template.past
-                ]
-                logits = template.logits.new_zeros((batch, template.logits.shape[-1]))
-                hidden = template.hidden.new_zeros((batch, template.hidden.shape[-1]))
-            past = [(k.clone(), v.clone()) for k, v in past]
-            for rows, result in parts:
-                for (k, v), (k_new, v_new) in zip(past, result.past, strict=True):
-                    k[rows] = _left_pad(k_new, width, 2)
-                    v[rows] = _left_pad(v_new, width, 2)
-                logits[rows] = result.logits
-                hidden[rows] = result.hidden
-        keep = int(lengths.max())
-        if past[0][0].shape[-2] > keep:
-            past = [(k[..., -keep:, :], v[..., -keep:, :]) for k, v in past]
-        self.past = past
-        self.last_logits, self.last_hidden = logits, hidden
-        self.ids = input_ids.clone()
-        self.lengths = lengths.clone()
+                k_buf[rows, :, start:end] = k_new
+                v_buf[rows, :, start:end] = v_new
+        return int(lens.sum())

@@ -18,6 +18,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from rlhf_gym.agents.fused import fuse_lora_forward
+
 #: LoRA defaults used when ``lora`` is ``None`` or a partial dict. ``target_modules=None`` lets
 #: peft pick the attention projections it knows for the architecture (e.g. ``c_attn`` for GPT-2).
 #: ``lora_dropout`` is 0 because rollout and training log-probs must agree exactly.
@@ -204,4 +206,5 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig | Mapping[str, Any] | No
             ) from exc
         raise
     disable_dropout(peft_model)
+    fuse_lora_forward(peft_model)
     return peft_model

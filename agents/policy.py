@@ -40,16 +40,19 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from peft import LoraConfig, PeftModel
-from sb3_contrib.common.maskable.distributions import make_masked_proba_distribution
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-from stable_baselines3.common.distributions import CategoricalDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from rlhf_gym.agents.kv_cache import LMCallResult, PastKV, RolloutKVCache
+from rlhf_gym.agents.distributions import (
+    MaskableVocabCategoricalDistribution,
+    VocabCategoricalDistribution,
+)
+from rlhf_gym.agents.fused import fuse_activations
+from rlhf_gym.agents.kv_cache import BufferCache, LMCallResult, RolloutKVCache
 from rlhf_gym.agents.lora import (
     apply_lora,
     disable_dropout,
@@ -175,6 +178,7 @@ class _LoRACore:
                 "was trained with, so that every token id is an action and vice versa."
             )
         disable_dropout(base)
+        fuse_activations(base)
         base.eval()
         self.model = apply_lora(base, lora)
         self.lora_config = self.model.peft_config["default"]
@@ -200,6 +204,10 @@ class _LoRACore:
         self._has_logits_to_keep = "logits_to_keep" in forward_params
         self._kv_caches: dict[int, RolloutKVCache] = {}
         self._weights_version = 0
+        #: Whether ``evaluate_actions`` returns the entropy (the algorithms turn it off when
+        #: ``ent_coef == 0``; SB3 then logs the sample estimate ``-mean(log_prob)``).
+        self.compute_entropy = True
+        self._watched: list[nn.Parameter] = self._trainable_parameters()
         self.optimizer = optimizer_class(
             self._trainable_parameters(), lr=lr_schedule(1), **optimizer_kwargs
         )
@@ -228,7 +236,7 @@ class _LoRACore:
         return self.value_head(hidden.detach() if self.value_trunk == "detached" else hidden)
 
     def _make_action_dist(self, action_space: spaces.Space) -> Any:
-        return CategoricalDistribution(int(action_space.n))  # type: ignore[attr-defined]
+        return VocabCategoricalDistribution(int(action_space.n))  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ what SB3 sees
     def named_parameters(  # type: ignore[override]
@@ -305,11 +313,17 @@ class _LoRACore:
     def _weights_changed(self) -> None:
         self._weights_version += 1
         self._kv_caches.clear()
+        self._watched = self._trainable_parameters()
 
     def _fingerprint(self) -> Hashable:
+        """Changes whenever a trainable tensor is written or replaced (checked on every step).
+
+        The parameter list is collected once (walking the whole model each step cost 1% of a
+        rollout) and again whenever :meth:`_weights_changed` runs (``load_state_dict``, training).
+        """
         return (
             self._weights_version,
-            tuple((p.data_ptr(), p._version) for p in self._trainable_parameters()),
+            tuple((p.data_ptr(), p._version) for p in self._watched),
         )
 
     # ------------------------------------------------------------------ LM forwards
@@ -325,11 +339,14 @@ class _LoRACore:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
-        past: PastKV | None,
+        cache: BufferCache | None,
     ) -> LMCallResult:
-        """One incremental forward for the KV cache: outputs at each row's last fed token."""
-        cache = DynamicCache(ddp_cache_data=past) if past is not None else DynamicCache()
-        kwargs: dict[str, Any] = {self._cache_kw: cache}
+        """One incremental forward for the KV cache: outputs at each row's last fed token.
+
+        With ``cache=None`` it starts a fresh ``DynamicCache`` and returns its keys/values; with a
+        :class:`~rlhf_gym.agents.kv_cache.BufferCache` the model writes into it in place.
+        """
+        kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
         if self._has_logits_to_keep:
             kwargs["logits_to_keep"] = 1
         out = self.model(
@@ -340,15 +357,15 @@ class _LoRACore:
             output_hidden_states=True,
             **kwargs,
         )
+        logits = out.logits[:, -1].float()
+        hidden = out.hidden_states[-1][:, -1].float()
+        if cache is not None:
+            return LMCallResult(logits, hidden, None)
         new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         layers = getattr(new_cache, "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             raise _CacheUnsupported(type(new_cache).__name__)
-        return LMCallResult(
-            out.logits[:, -1].float(),
-            out.hidden_states[-1][:, -1].float(),
-            [(layer.keys, layer.values) for layer in layers],
-        )
+        return LMCallResult(logits, hidden, [(layer.keys, layer.values) for layer in layers])
 
     def _sequence_outputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -478,11 +495,12 @@ class LoRAPolicy(_LoRACore, ActorCriticPolicy):
 
     def evaluate_actions(
         self, obs: PyTorchObs, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         logits, hidden = self._last_outputs(obs, use_cache=False)
         dist = self._distribution(logits)
         actions = actions.long().flatten()
-        return self._value(hidden), dist.log_prob(actions), dist.entropy()
+        entropy = dist.entropy() if self.compute_entropy else None
+        return self._value(hidden), dist.log_prob(actions), entropy
 
     def get_distribution(self, obs: PyTorchObs) -> Any:
         logits, _ = self._last_outputs(obs, use_cache=False)
@@ -497,7 +515,7 @@ class MaskableLoRAPolicy(_LoRACore, MaskableActorCriticPolicy):
     """:class:`LoRAPolicy` for sb3-contrib's MaskablePPO: env ``action_masks()`` restrict tokens."""
 
     def _make_action_dist(self, action_space: spaces.Space) -> Any:
-        return make_masked_proba_distribution(action_space)
+        return MaskableVocabCategoricalDistribution(int(action_space.n))  # type: ignore[attr-defined]
 
     def forward(  # type: ignore[override]
         self,
@@ -515,11 +533,12 @@ class MaskableLoRAPolicy(_LoRACore, MaskableActorCriticPolicy):
         obs: PyTorchObs,
         actions: torch.Tensor,
         action_masks: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         logits, hidden = self._last_outputs(obs, use_cache=False)
         dist = self._distribution(logits, action_masks)
         actions = actions.long().flatten()
-        return self._value(hidden), dist.log_prob(actions), dist.entropy()
+        entropy = dist.entropy() if self.compute_entropy else None
+        return self._value(hidden), dist.log_prob(actions), entropy
 
     def get_distribution(  # type: ignore[override]
         self, obs: PyTorchObs, action_masks: np.ndarray | None = None

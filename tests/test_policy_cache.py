@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from rlhf_gym.agents import LoRAPolicy
+from rlhf_gym.agents import LoRAPolicy, RolloutKVCache
 from tests.test_agents_support import full_forward, make_env, to_tensor_obs
 
 EOS = 0
@@ -23,10 +24,15 @@ def _policy(env, tiny_lm_dir: Path) -> LoRAPolicy:
     )
 
 
+@pytest.mark.parametrize("headroom", [64, 1])
 def test_incremental_outputs_equal_full_forward_and_one_token_per_env(
-    tiny_tokenizer_dir: Path, tiny_lm_dir: Path
+    tiny_tokenizer_dir: Path, tiny_lm_dir: Path, headroom: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Envs end at different steps (EOS on a schedule) and restart with prompts of other lengths."""
+    """Envs end at different steps (EOS on a schedule) and restart with prompts of other lengths.
+
+    ``headroom=1`` makes the preallocated buffers move (grow, compact) during the run.
+    """
+    monkeypatch.setattr(RolloutKVCache, "MIN_HEADROOM", headroom)
     n_envs = 3
     env = make_env(tiny_tokenizer_dir, num_envs=n_envs, max_new_tokens=5)
     policy = _policy(env, tiny_lm_dir)
@@ -35,13 +41,17 @@ def test_incremental_outputs_equal_full_forward_and_one_token_per_env(
     obs = env.reset()
     previous_dones = np.ones(n_envs, dtype=bool)  # first step: every row is a fresh prompt
     resets_seen = 0
-    for step in range(16):
+    for step in range(24):
         with torch.no_grad():
             _, values, log_probs = policy(to_tensor_obs(obs))
             logits = policy.kv_cache(n_envs).last_logits
         cache = policy.kv_cache(n_envs)
         lengths = obs["attention_mask"].sum(-1)
-        expected_fed = int(sum(lengths[i] if previous_dones[i] else 1 for i in range(n_envs)))
+        prefilled = sum(int(lengths[i]) for i in range(n_envs) if previous_dones[i])
+        # One batched extend feeds a token to EVERY row as soon as one row extends (a reset row
+        # gets a placeholder there, overwritten by its re-prefill); resets add their prompts.
+        extend_call = n_envs if step > 0 and not previous_dones.all() else 0
+        expected_fed = prefilled + extend_call
         assert cache.tokens_fed_last == expected_fed, step
         if step > 0 and not previous_dones.any():
             assert cache.tokens_fed_last == n_envs
@@ -61,6 +71,8 @@ def test_incremental_outputs_equal_full_forward_and_one_token_per_env(
                 actions[i] = EOS
         obs, _, previous_dones, _ = env.step(actions)
     assert resets_seen >= 6  # EOS ends and max_new_tokens truncations, at different steps
+    if headroom == 1:
+        assert policy.kv_cache(n_envs).relayouts > 0
 
 
 def test_log_probs_of_cached_rollout_match_training_evaluation(

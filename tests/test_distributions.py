@@ -1,0 +1,51 @@
+"""The inverse-CDF token sampler draws from the given distribution and never a masked token."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_gym.agents.distributions import (
+    MaskableVocabCategoricalDistribution,
+    VocabCategoricalDistribution,
+    sample_categorical,
+)
+
+
+def test_sample_frequencies_match_probabilities() -> None:
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 1.0]])
+    draws = sample_categorical(probs.expand(20000, 2, 4).reshape(-1, 4).contiguous())
+    draws = draws.reshape(20000, 2)
+    first = torch.bincount(draws[:, 0], minlength=4).double() / 20000
+    # Standard error of a frequency near 0.5 with 20k draws is 0.0035: 0.02 is over 5 sigma.
+    torch.testing.assert_close(first, probs[0].double(), atol=0.02, rtol=0)
+    assert int((draws[:, 0] == 1).sum()) == 0  # probability 0 is never drawn
+    assert bool((draws[:, 1] == 3).all())
+
+
+def test_zero_mass_at_the_end_is_unreachable_even_when_rows_sum_below_one() -> None:
+    torch.manual_seed(1)
+    probs = torch.zeros(5000, 2048)
+    probs[:, :7] = 0.999 / 7  # the row sums to 0.999, the last 2041 tokens have mass 0
+    draws = sample_categorical(probs)
+    assert int(draws.max()) <= 6 and int(draws.min()) >= 0
+
+
+def test_distributions_use_the_sampler_and_keep_sb3_semantics() -> None:
+    logits = torch.tensor([[0.0, 5.0, -1.0], [2.0, 0.0, 0.0]])
+    dist = VocabCategoricalDistribution(3).proba_distribution(logits)
+    torch.manual_seed(2)
+    actions = dist.get_actions()
+    torch.manual_seed(2)
+    assert torch.equal(actions, sample_categorical(torch.softmax(logits, -1)))
+    assert torch.equal(dist.get_actions(deterministic=True), torch.tensor([1, 0]))
+    torch.testing.assert_close(
+        dist.log_prob(actions), torch.log_softmax(logits, -1)[[0, 1], actions]
+    )
+
+    masked = MaskableVocabCategoricalDistribution(3).proba_distribution(logits)
+    masked.apply_masking(torch.tensor([[True, False, True], [False, False, True]]))
+    torch.manual_seed(3)
+    for _ in range(50):
+        a = masked.get_actions()
+        assert int(a[0]) != 1 and int(a[1]) == 2

@@ -1,0 +1,70 @@
+"""The fused rewrites compute what peft and transformers compute: outputs and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers.activations import GELUTanh, NewGELUActivation
+
+from rlhf_gym.agents.fused import fuse_activations, fuse_lora_forward
+from tests import _tiny
+
+
+def _peft_pair(**lora: object):
+    torch.manual_seed(0)
+    base = _tiny.build_lm(300)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False, **lora)
+    reference = get_peft_model(copy.deepcopy(base), config)
+    fused = get_peft_model(base, config)
+    fused.load_state_dict(reference.state_dict())
+    assert fuse_lora_forward(fused) == 4  # 2 layers x (c_attn, c_fc)
+    return reference, fused
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    return torch.randint(1, 300, (3, 7), generator=torch.Generator().manual_seed(1))
+
+
+def test_fused_lora_matches_peft_outputs_and_gradients(ids: torch.Tensor) -> None:
+    reference, fused = _peft_pair(target_modules=["c_attn", "c_fc"])
+    outputs = []
+    for model in (reference, fused):
+        logits = model(input_ids=ids).logits
+        loss = logits.log_softmax(-1)[..., 5].sum()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        outputs.append((logits.detach(), grads))
+    (ref_logits, ref_grads), (fused_logits, fused_grads) = outputs
+    torch.testing.assert_close(fused_logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert ref_grads.keys() == fused_grads.keys() and len(ref_grads) == 8
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_fused_lora_defers_to_peft_when_adapters_are_off_or_merged(ids: torch.Tensor) -> None:
+    reference, fused = _peft_pair(target_modules=["c_attn", "c_fc"])
+    with torch.no_grad():
+        with reference.disable_adapter(), fused.disable_adapter():
+            torch.testing.assert_close(fused(input_ids=ids).logits, reference(input_ids=ids).logits)
+        adapted = fused(input_ids=ids).logits
+        with fused.disable_adapter():
+            assert not torch.allclose(fused(input_ids=ids).logits, adapted)  # LoRA really acts
+        fused.merge_adapter()
+        torch.testing.assert_close(fused(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
+        fused.unmerge_adapter()
+
+
+def test_fuse_activations_swaps_gelu_new_for_the_same_function(ids: torch.Tensor) -> None:
+    model = _tiny.build_lm(300)
+    assert any(isinstance(m, NewGELUActivation) for m in model.modules())
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        assert fuse_activations(model) == 2
+        after = model(input_ids=ids).logits
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+    assert sum(isinstance(m, GELUTanh) for m in model.modules()) == 2
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
