@@ -96,11 +96,18 @@ class KLControlMixin:
 
     def train(self) -> None:
         # The full-vocabulary entropy costs a [batch, vocab] softmax and its backward; with
-        # ent_coef == 0 (TRPO has none) it is multiplied by zero, so the policy skips it and
-        # SB3 logs its sample estimate -mean(log_prob) as train/entropy_loss instead.
-        if hasattr(self.policy, "compute_entropy"):
-            self.policy.compute_entropy = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
-        super().train()  # type: ignore[misc]
+        # ent_coef == 0 (TRPO has none) it is multiplied by zero, so the policy skips it while
+        # training and SB3 logs its sample estimate -mean(log_prob) as train/entropy_loss.
+        policy = self.policy
+        previous = getattr(policy, "compute_entropy", None)
+        if previous is None:
+            super().train()  # type: ignore[misc]
+            return
+        policy.compute_entropy = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
+        try:
+            super().train()  # type: ignore[misc]
+        finally:
+            policy.compute_entropy = previous
 
 
 class PPO(KLControlMixin, sb3.PPO):

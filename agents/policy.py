@@ -19,7 +19,10 @@ share :class:`_LoRACore`, which holds everything LM-specific:
   ``get_distribution``, any call with gradients) run one forward per sequence
   (:mod:`rlhf_gym.agents.sequence_eval`), never the cache;
 - the KL reference is the same model with the adapter disabled (:meth:`reference_log_prob`):
-  no second copy of the weights exists.
+  no second copy of the weights exists;
+- the model gets two same-function rewrites (:mod:`rlhf_gym.agents.fused`): a fused LoRA
+  forward and the fused kernel for GPT-2's ``gelu_new``; tokens are sampled by inverse CDF
+  (:mod:`rlhf_gym.agents.distributions`) rather than ``torch.multinomial``.
 
 A model passed as an instance is modified in place (LoRA layers are injected into it). If it
 has no ``name_or_path`` pointing at a directory, saved agents record ``model=None`` and

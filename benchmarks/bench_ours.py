@@ -157,6 +157,21 @@ def _generate_inputs(num_envs: int) -> tuple[Any, Any]:
     return enc["input_ids"], torch.ones_like(enc["input_ids"])
 
 
+def _plain_peft_twin(policy: Any, n_positions: int) -> Any:
+    """The policy's model as a user would build it with peft alone: same weights and adapter,
+    same attention, but peft's own LoRA forward and the config's activation (none of
+    rlhf_gym's fused rewrites). ``generate`` on it is the stock Hugging Face stack."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir(n_positions), attn_implementation=policy.attn_implementation
+    ).eval()
+    twin = get_peft_model(base, policy.lora_config)
+    set_peft_model_state_dict(twin, get_peft_model_state_dict(policy.model))
+    return twin.eval()
+
+
 def _generate_once(model: Any, input_ids: Any, mask: Any, new_tokens: int, pad_id: int) -> float:
     """``model.generate`` with the task's sampling; exactly ``new_tokens`` tokens per row."""
     import torch
@@ -201,14 +216,19 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
     peft_model = agent.policy.model
     pad_id = int(agent.env.envs[0].pad_token_id)
     input_ids, mask = _generate_inputs(args.num_envs)
+    plain_peft = _plain_peft_twin(agent.policy, args.n_positions)
 
     def generate() -> float:
         return _generate_once(peft_model, input_ids, mask, args.new_tokens, pad_id)
 
+    def generate_plain() -> float:
+        return _generate_once(plain_peft, input_ids, mask, args.new_tokens, pad_id)
+
     for _ in range(args.warmup):
         rollout()
         generate()
-    ours, gen, parts = [], [], []
+        generate_plain()
+    ours, gen, gen_plain, parts = [], [], [], []
     for _ in range(args.repeats):
         watch.reset()
         ours.append(rollout())
@@ -216,6 +236,7 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
         part["sb3_other"] = ours[-1] - sum(part.values())  # buffer adds, obs_as_tensor, loop
         parts.append(part)
         gen.append(generate())
+        gen_plain.append(generate_plain())
     ours_s, gen_s = median(ours), median(gen)
     sampling = [o - p.get("kl_reference", 0.0) for o, p in zip(ours, parts, strict=True)]
     keys = ("policy_forward", "last_values", "env_step", "kl_reference", "sb3_other")
@@ -236,6 +257,9 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
         # between repeats, which a ratio of medians is not.
         "ratio": median([g / o for o, g in zip(ours, gen, strict=True)]),
         "ratio_of_medians": gen_s / ours_s,
+        "generate_plain_s": median(gen_plain),
+        "generate_plain_tokens_per_s": tokens / median(gen_plain),
+        "ratio_plain": median([g / o for o, g in zip(ours, gen_plain, strict=True)]),
         "breakdown_s": breakdown,
         "rollout_step_us": ours_s / args.new_tokens * 1e6,
         "sampling_only_s": median(sampling),

@@ -42,14 +42,14 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("GAE", ("compute_returns_and_advantage",)),
     # Rollout sampling loop.
     (
-        "rollout: KV concat inside the model (DynamicLayer.update)",
-        ("collect_rollouts", "_lm_call", "DynamicLayer.update"),
+        "rollout: KV write inside the model (BufferLayer.update)",
+        ("collect_rollouts", "_lm_call", "BufferLayer.update"),
     ),
     (
         "rollout: LM forward, one token per env",
         ("collect_rollouts", "_lm_call", "GPT2LMHeadModel.forward"),
     ),
-    ("rollout: _lm_call glue (DynamicCache build, outputs)", ("collect_rollouts", "_lm_call")),
+    ("rollout: _lm_call glue (cache handle, outputs)", ("collect_rollouts", "_lm_call")),
     (
         "rollout: LM forward, prefill / fallback",
         ("collect_rollouts", "_last_outputs", "GPT2LMHeadModel.forward"),

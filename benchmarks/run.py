@@ -327,9 +327,14 @@ def tables(
              _fmt(b * n / rollout["sampling_only_s"]), _fmt(rollout["sampling_only_s"], "{:.2f}")],
             ["  KL reference pass at the rollout's end (apply_kl_penalty)", "",
              _fmt(bd["kl_reference"], "{:.2f}")],
-            ["model.generate, the same peft model (LoRA on, same attention)",
-             _fmt(rollout["generate_tokens_per_s"]), _fmt(rollout["generate_s"], "{:.2f}")],
+            ["model.generate, the same model object (LoRA on, same attention, rlhf_gym's fused "
+             "LoRA/GELU)", _fmt(rollout["generate_tokens_per_s"]), _fmt(rollout["generate_s"], "{:.2f}")],
         ]  # fmt: skip
+        if "generate_plain_tokens_per_s" in rollout:
+            rows.append(
+                ["model.generate, the same weights as a plain peft model (peft's LoRA forward)",
+                 _fmt(rollout["generate_plain_tokens_per_s"]), _fmt(rollout["generate_plain_s"], "{:.2f}")]
+            )  # fmt: skip
         if "generate_base_tokens_per_s" in rollout:
             rows.append(
                 [f"model.generate, plain base model (no LoRA, {rollout['generate_base_attn']}), for scale",
@@ -340,6 +345,9 @@ def tables(
              _fmt(rollout["ratio"], "{:.2f}x"), ""],
             ["ratio ours / generate, sampling loop only", _fmt(rollout["ratio_sampling_only"], "{:.2f}x"), ""],
         ]  # fmt: skip
+        if "ratio_plain" in rollout:
+            rows.append(["ratio ours / generate on the plain peft model, whole rollout",
+                         _fmt(rollout["ratio_plain"], "{:.2f}x"), ""])  # fmt: skip
     elif rollout:
         rows.append(["rollout benchmark failed", rollout.get("error", ""), ""])
     if rows:
@@ -501,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rlhf_gym benchmarks: one table, one run.")
     parser.add_argument("--quick", action="store_true", help="smoke run with tiny sizes")
     parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="OMP_WAIT_POLICY=PASSIVE for every worker (for a machine busy with other jobs)",
+    )
+    parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS)}",
@@ -511,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sections - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    if args.omp_passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     plan = QUICK if args.quick else FULL
     output = args.output or (BENCH_DIR / ("results-quick.json" if args.quick else "results.json"))
 
@@ -520,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "load_before": _load(),
         "threads": NUM_THREADS,
-        "omp_wait_policy": worker_env()["OMP_WAIT_POLICY"],
+        "omp_wait_policy": worker_env().get("OMP_WAIT_POLICY", "unset (OpenMP default)"),
         "task": task_dict(),
         "plan": plan.__dict__,
     }
