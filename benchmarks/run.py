@@ -1,6 +1,6 @@
 """Benchmark rlhf_gym against ``model.generate`` and TRL's GRPOTrainer; print one table.
 
-    .venv/bin/python benchmarks/run.py            # full run (about 15-25 min on 2 busy cores)
+    .venv/bin/python benchmarks/run.py            # full run (about 7 min on 2 idle cores)
     .venv/bin/python benchmarks/run.py --quick    # smoke version, small sizes, a minute or two
     make bench                                    # the same as the first line
 
