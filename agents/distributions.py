@@ -11,6 +11,8 @@ draws from torch's global generator, so ``set_random_seed`` still makes runs rep
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
 from stable_baselines3.common.distributions import CategoricalDistribution
@@ -43,3 +45,52 @@ class MaskableVocabCategoricalDistribution(MaskableCategoricalDistribution):
 
     def sample(self) -> torch.Tensor:
         return sample_categorical(self.distribution.probs)
+
+
+#: The logit sb3-contrib's ``MaskableCategorical`` gives masked actions (``HUGE_NEG``).
+MASKED_LOGIT = -1e8
+
+
+def _masked(logits: torch.Tensor, action_masks: Any) -> torch.Tensor:
+    if action_masks is None:
+        return logits
+    masks = torch.as_tensor(action_masks, dtype=torch.bool, device=logits.device)
+    return logits.masked_fill(~masks.reshape(logits.shape), MASKED_LOGIT)
+
+
+def sample_with_log_prob(
+    logits: torch.Tensor,
+    *,
+    deterministic: bool = False,
+    action_masks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actions and their log-probabilities, the rollout's hot path, in five tensor ops.
+
+    The same numbers as building SB3's (or sb3-contrib's masked) categorical distribution and
+    calling ``get_actions`` then ``log_prob``, without the distribution object's validation and
+    its separate normalisation, sampling and gather passes (3.5% of a PPO update on the
+    benchmark task, run once per generated token). Training keeps the distribution objects.
+    """
+    log_probs = torch.log_softmax(_masked(logits, action_masks), dim=-1)
+    if deterministic:
+        actions = log_probs.argmax(dim=-1)
+    else:
+        actions = sample_categorical(log_probs.exp())
+    chosen = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    if bool(torch.isnan(chosen).any()):
+        raise ValueError(
+            "The policy produced NaN logits: the model's weights or inputs hold NaN/inf "
+            "(a diverged update?). Lower the learning rate or check the model and its dtype."
+        )
+    return actions, chosen
+
+
+def log_prob_of(
+    logits: torch.Tensor, actions: torch.Tensor, *, action_masks: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``log softmax(logits)[actions]`` (masked like sb3-contrib), without a distribution object."""
+    return (
+        torch.log_softmax(_masked(logits, action_masks), dim=-1)
+        .gather(-1, actions.unsqueeze(-1))
+        .squeeze(-1)
+    )

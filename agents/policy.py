@@ -53,6 +53,8 @@ from transformers.cache_utils import DynamicLayer
 from rlhf_gym.agents.distributions import (
     MaskableVocabCategoricalDistribution,
     VocabCategoricalDistribution,
+    log_prob_of,
+    sample_with_log_prob,
 )
 from rlhf_gym.agents.fused import fuse_activations
 from rlhf_gym.agents.kv_cache import BufferCache, LMCallResult, RolloutKVCache
@@ -374,6 +376,18 @@ class _LoRACore:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits/hidden at each row's last valid token, one forward per prefix group."""
+        logits, hidden, order = self._grouped_outputs(input_ids, attention_mask)
+        inverse = torch.argsort(order)
+        return logits[inverse], hidden[inverse]
+
+    def _grouped_outputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_sequence_outputs` in group order: row j belongs to transition ``order[j]``.
+
+        Training permutes the ``[N]`` log-probs back instead of the ``[N, vocab]`` logits (a
+        gather forward and a scatter backward of the largest tensor in the pass).
+        """
         groups = group_by_prefix(input_ids, attention_mask)
         lengths = groups.lengths
         n_groups = len(groups.representatives)
@@ -413,8 +427,9 @@ class _LoRACore:
             order_parts.append(members)
             logit_parts.append(logits.float())
             hidden_parts.append(out.hidden_states[-1][local, pos].float())
-        inverse = torch.argsort(torch.cat(order_parts))
-        return torch.cat(logit_parts)[inverse], torch.cat(hidden_parts)[inverse]
+        if len(logit_parts) == 1:
+            return logit_parts[0], hidden_parts[0], order_parts[0]
+        return torch.cat(logit_parts), torch.cat(hidden_parts), torch.cat(order_parts)
 
     def _last_outputs(
         self, obs: PyTorchObs, *, use_cache: bool
@@ -450,9 +465,11 @@ class _LoRACore:
         """``log pi_ref(a|s)`` under the base model: the same weights with the adapter disabled."""
         ids, mask = self._obs_tokens(obs)
         with self.model.disable_adapter():
-            logits, _ = self._sequence_outputs(ids, mask)
-        dist = self._distribution(logits, action_masks)
-        return dist.log_prob(actions.to(logits.device).long().flatten())
+            logits, _, order = self._grouped_outputs(ids, mask)
+        actions = actions.to(logits.device).long().flatten()[order]
+        masks = None if action_masks is None else _rows(action_masks, order, logits.device)
+        log_prob = log_prob_of(logits, actions, action_masks=masks)
+        return log_prob[torch.argsort(order)]
 
     # ------------------------------------------------------------------ distributions
     def _distribution(self, logits: torch.Tensor, action_masks: Any = None) -> Any:
@@ -465,6 +482,24 @@ class _LoRACore:
         _, hidden = self._last_outputs(obs, use_cache=True)
         return self._value(hidden)
 
+    def _evaluate_grouped(
+        self, obs: PyTorchObs, actions: torch.Tensor, action_masks: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``evaluate_actions``: values, log-probs and (if wanted) entropies, in input order.
+
+        The distribution is built on the logits in group order and only the per-transition
+        results are permuted back (see :meth:`_grouped_outputs`).
+        """
+        ids, mask = self._obs_tokens(obs)
+        logits, hidden, order = self._grouped_outputs(ids, mask)
+        masks = None if action_masks is None else _rows(action_masks, order, logits.device)
+        dist = self._distribution(logits, masks)
+        log_prob = dist.log_prob(actions.to(logits.device).long().flatten()[order])
+        entropy = dist.entropy() if self.compute_entropy else None
+        inverse = torch.argsort(order)
+        values = self._value(hidden)[inverse]
+        return values, log_prob[inverse], None if entropy is None else entropy[inverse]
+
     # ------------------------------------------------------------------ export
     def save_pretrained(
         self, save_directory: str | os.PathLike[str], *, merged: bool = False, tokenizer: Any = None
@@ -475,6 +510,12 @@ class _LoRACore:
         if merged:
             return export_merged(self, save_directory, tokenizer=tokenizer)  # type: ignore[arg-type]
         return export_adapter(self, save_directory)  # type: ignore[arg-type]
+
+
+def _rows(x: Any, order: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows ``order`` of a per-transition array (action masks come as numpy or tensors)."""
+    tensor = torch.as_tensor(x, device=device)
+    return tensor.reshape(order.shape[0], -1)[order]
 
 
 class _CacheUnsupported(RuntimeError):
@@ -492,18 +533,13 @@ class LoRAPolicy(_LoRACore, ActorCriticPolicy):
         self, obs: PyTorchObs, deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, hidden = self._last_outputs(obs, use_cache=True)
-        dist = self._distribution(logits)
-        actions = dist.get_actions(deterministic=deterministic)
-        return actions.reshape(-1), self._value(hidden), dist.log_prob(actions)
+        actions, log_prob = sample_with_log_prob(logits, deterministic=deterministic)
+        return actions, self._value(hidden), log_prob
 
     def evaluate_actions(
         self, obs: PyTorchObs, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        logits, hidden = self._last_outputs(obs, use_cache=False)
-        dist = self._distribution(logits)
-        actions = actions.long().flatten()
-        entropy = dist.entropy() if self.compute_entropy else None
-        return self._value(hidden), dist.log_prob(actions), entropy
+        return self._evaluate_grouped(obs, actions, None)
 
     def get_distribution(self, obs: PyTorchObs) -> Any:
         logits, _ = self._last_outputs(obs, use_cache=False)
@@ -511,7 +547,7 @@ class LoRAPolicy(_LoRACore, ActorCriticPolicy):
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> torch.Tensor:
         logits, _ = self._last_outputs(observation, use_cache=True)
-        return self._distribution(logits).get_actions(deterministic=deterministic)
+        return sample_with_log_prob(logits, deterministic=deterministic)[0]
 
 
 class MaskableLoRAPolicy(_LoRACore, MaskableActorCriticPolicy):
@@ -527,9 +563,10 @@ class MaskableLoRAPolicy(_LoRACore, MaskableActorCriticPolicy):
         action_masks: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, hidden = self._last_outputs(obs, use_cache=True)
-        dist = self._distribution(logits, action_masks)
-        actions = dist.get_actions(deterministic=deterministic)
-        return actions.reshape(-1), self._value(hidden), dist.log_prob(actions)
+        actions, log_prob = sample_with_log_prob(
+            logits, deterministic=deterministic, action_masks=action_masks
+        )
+        return actions, self._value(hidden), log_prob
 
     def evaluate_actions(  # type: ignore[override]
         self,
@@ -537,11 +574,7 @@ class MaskableLoRAPolicy(_LoRACore, MaskableActorCriticPolicy):
         actions: torch.Tensor,
         action_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        logits, hidden = self._last_outputs(obs, use_cache=False)
-        dist = self._distribution(logits, action_masks)
-        actions = actions.long().flatten()
-        entropy = dist.entropy() if self.compute_entropy else None
-        return self._value(hidden), dist.log_prob(actions), entropy
+        return self._evaluate_grouped(obs, actions, action_masks)
 
     def get_distribution(  # type: ignore[override]
         self, obs: PyTorchObs, action_masks: np.ndarray | None = None
@@ -556,4 +589,6 @@ class MaskableLoRAPolicy(_LoRACore, MaskableActorCriticPolicy):
         action_masks: np.ndarray | None = None,
     ) -> torch.Tensor:
         logits, _ = self._last_outputs(observation, use_cache=True)
-        return self._distribution(logits, action_masks).get_actions(deterministic=deterministic)
+        return sample_with_log_prob(logits, deterministic=deterministic, action_masks=action_masks)[
+            0
+        ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf_gym.agents.distributions import (
     MaskableVocabCategoricalDistribution,
     VocabCategoricalDistribution,
     sample_categorical,
+    sample_with_log_prob,
 )
 
 
@@ -49,3 +51,32 @@ def test_distributions_use_the_sampler_and_keep_sb3_semantics() -> None:
     for _ in range(50):
         a = masked.get_actions()
         assert int(a[0]) != 1 and int(a[1]) == 2
+
+
+def test_rollout_fast_path_matches_the_distribution_objects() -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(6, 50) * 3
+    masks = torch.rand(6, 50) > 0.3
+    masks[:, 0] = True  # every row keeps at least one action
+    for action_masks, dist in (
+        (None, VocabCategoricalDistribution(50).proba_distribution(logits)),
+        (masks, MaskableVocabCategoricalDistribution(50).proba_distribution(logits)),
+    ):
+        if action_masks is not None:
+            dist.apply_masking(action_masks)
+        torch.manual_seed(5)
+        actions, log_prob = sample_with_log_prob(logits, action_masks=action_masks)
+        torch.manual_seed(5)
+        assert torch.equal(actions, dist.get_actions())
+        torch.testing.assert_close(log_prob, dist.log_prob(actions), atol=1e-6, rtol=0)
+        best, best_lp = sample_with_log_prob(logits, deterministic=True, action_masks=action_masks)
+        assert torch.equal(best, dist.get_actions(deterministic=True))
+        torch.testing.assert_close(best_lp, dist.log_prob(best), atol=1e-6, rtol=0)
+    assert bool(masks[torch.arange(6), sample_with_log_prob(logits, action_masks=masks)[0]].all())
+
+
+def test_nan_logits_are_a_clear_error() -> None:
+    logits = torch.zeros(2, 5)
+    logits[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN logits"):
+        sample_with_log_prob(logits)
