@@ -47,7 +47,7 @@ from rlhf_gym.agents.kl import (
     KLShapingMixin,
     make_kl_controller,
 )
-from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy
+from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy, _LoRACore
 
 A = TypeVar("A", bound=type)
 
@@ -119,7 +119,19 @@ class A2C(KLControlMixin, sb3.A2C):
 
 
 class TRPO(KLControlMixin, _SB3TRPO):
-    """sb3-contrib TRPO with KL control (see :class:`KLControlMixin`)."""
+    """sb3-contrib TRPO with KL control (see :class:`KLControlMixin`).
+
+    A LoRA policy gets ``attn_implementation="eager"`` unless the caller chose one: TRPO's
+    Fisher-vector products differentiate the policy twice, and PyTorch's fused attention
+    kernels (``sdpa``, the policy's default) have no double backward.
+    """
+
+    def __init__(self, policy: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(policy, type) and issubclass(policy, _LoRACore):
+            policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
+            policy_kwargs.setdefault("attn_implementation", "eager")
+            kwargs["policy_kwargs"] = policy_kwargs
+        super().__init__(policy, *args, **kwargs)
 
 
 class MaskablePPO(KLControlMixin, _SB3MaskablePPO):

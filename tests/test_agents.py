@@ -46,6 +46,11 @@ def test_make_agent_defaults_and_overrides(tiny_tokenizer_dir: Path, tiny_lm_dir
     assert isinstance(a2c.policy.optimizer, torch.optim.Adam)  # not A2C's RMSprop default
     by_class = make_agent(sb3.PPO, env, model=str(tiny_lm_dir), device="cpu")
     assert isinstance(by_class, PPO)  # the stock class maps to its KL-enabled twin
+    # Fused attention by default; TRPO needs a double backward, which only eager attention has.
+    assert agent.policy.attn_implementation == "sdpa"
+    assert agent.policy.model.config._attn_implementation == "sdpa"
+    trpo = make_agent("trpo", env, model=str(tiny_lm_dir), device="cpu")
+    assert trpo.policy.attn_implementation == "eager"
 
 
 @pytest.mark.parametrize("ent_coef", [0.0, 0.01])
