@@ -25,7 +25,8 @@ share :class:`_LoRACore`, which holds everything LM-specific:
   forward and the fused kernel for GPT-2's ``gelu_new``; tokens are sampled by inverse CDF
   (:mod:`rlhf_gym.agents.distributions`) rather than ``torch.multinomial``.
 
-A model passed as an instance is modified in place (LoRA layers are injected into it). If it
+A model passed as an instance is modified in place (LoRA layers are injected into it, and
+its ``gelu_new`` modules are swapped for the fused kernel of the same function). If it
 has no ``name_or_path`` pointing at a directory, saved agents record ``model=None`` and
 loading them needs the model again (:func:`rlhf_gym.agents.load_agent` with ``model=``, or
 ``PPO.load(path, custom_objects={"policy_kwargs": {..., "model": model}})``).

@@ -136,3 +136,47 @@ def test_training_mode_drops_the_cache(tiny_tokenizer_dir: Path, tiny_lm_dir: Pa
     assert policy.kv_cache(2) is not None
     policy.set_training_mode(True)
     assert policy.kv_cache(2) is None
+
+
+def test_llama_family_model_cache_matches_full_forward(
+    tiny_tokenizer, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """The in-place cache relies only on transformers' Cache API: a Llama (rotary positions,
+    grouped-query attention) gives the same outputs as a full forward, with env resets."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    env = make_env(tiny_tokenizer_dir, num_envs=3, max_new_tokens=5)
+    policy = _policy(env, tmp_path / "llama")
+    rng = np.random.default_rng(0)
+    obs = env.reset()
+    for step in range(12):
+        with torch.no_grad():
+            _, values, _ = policy(to_tensor_obs(obs))
+            logits = policy.kv_cache(3).last_logits
+        lengths = obs["attention_mask"].sum(-1)
+        for i in range(3):
+            ids = torch.as_tensor(obs["input_ids"][i, : lengths[i]])
+            ref_logp, ref_value = full_forward(policy, ids)
+            torch.testing.assert_close(
+                torch.log_softmax(logits[i], -1), ref_logp, atol=1e-5, rtol=0
+            )
+            torch.testing.assert_close(values[i], ref_value, atol=1e-5, rtol=0)
+        actions = rng.integers(1, 300, size=3)
+        if step in (2, 6):
+            actions[step % 3] = EOS  # an env resets while the others extend
+        obs, _, _, _ = env.step(actions)
+    assert policy.kv_cache(3).tokens_fed_last == 3  # the last step only extended
