@@ -8,7 +8,7 @@ what is computed beyond float rounding:
 - :func:`fuse_activations`: GPT-2-family ``gelu_new`` (six elementwise ops in transformers)
   becomes the fused ``gelu(approximate="tanh")`` kernel, the same function;
 - :func:`fuse_lora_forward`: a vanilla LoRA layer computes ``base(x) + s * B(A(x))`` with one
-  ``addmm`` on the base output instead of peft's generic path (dropout module, a scaled
+  in-place ``addmm_`` on the base output instead of peft's generic path (dropout module, a scaled
   temporary and an add, plus per-call Python bookkeeping for features such as mixed-adapter
   batches that a policy never uses). Whenever a call needs peft's own path (adapters disabled
   or merged, several active adapters, DoRA and other variants, extra keyword arguments) it
@@ -65,13 +65,28 @@ def _fused_lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs:
         return generic(self, x, *args, **kwargs)
     down = F.linear(x, weight_a)  # [..., r]
     out_features = result.shape[-1]
+    down_2d = down.reshape(-1, down.shape[-1])
+    if _owns_its_output(self.base_layer) and result.is_contiguous():
+        # Accumulate into the base output: out-of-place addmm would first copy all of it (one
+        # activation-sized copy per layer). Safe for autograd: the base matmul's backward
+        # needs its inputs, never its output, and nothing else holds that fresh tensor.
+        result.view(-1, out_features).addmm_(down_2d, weight_b.t(), alpha=self.scaling[name])
+        return result
     fused = torch.addmm(
-        result.reshape(-1, out_features),
-        down.reshape(-1, down.shape[-1]),
-        weight_b.t(),
-        alpha=self.scaling[name],
+        result.reshape(-1, out_features), down_2d, weight_b.t(), alpha=self.scaling[name]
     )
     return fused.view(result.shape)
+
+
+def _owns_its_output(layer: nn.Module) -> bool:
+    """A plain ``nn.Linear``/``Conv1D`` without hooks returns a fresh tensor nobody else holds."""
+    from transformers.pytorch_utils import Conv1D
+
+    return (
+        type(layer) in (nn.Linear, Conv1D)
+        and not layer._forward_hooks
+        and not layer._forward_pre_hooks
+    )
 
 
 def fuse_lora_forward(model: nn.Module) -> int:

@@ -496,9 +496,13 @@ class _LoRACore:
         ids, mask = self._obs_tokens(obs)
         logits, hidden, order = self._grouped_outputs(ids, mask)
         masks = None if action_masks is None else _rows(action_masks, order, logits.device)
-        dist = self._distribution(logits, masks)
-        log_prob = dist.log_prob(actions.to(logits.device).long().flatten()[order])
-        entropy = dist.entropy() if self.compute_entropy else None
+        actions = actions.to(logits.device).long().flatten()[order]
+        entropy = None
+        if self.compute_entropy:
+            dist = self._distribution(logits, masks)
+            log_prob, entropy = dist.log_prob(actions), dist.entropy()
+        else:  # one log-softmax and a gather, no distribution object
+            log_prob = log_prob_of(logits, actions, action_masks=masks)
         inverse = torch.argsort(order)
         values = self._value(hidden)[inverse]
         return values, log_prob[inverse], None if entropy is None else entropy[inverse]

@@ -73,6 +73,14 @@ def test_entropy_is_computed_in_training_only_when_it_is_in_the_loss(
     agent.learn(8)
     assert seen and all(none is (ent_coef == 0.0) for none in seen)
     assert agent.policy.compute_entropy  # outside training, evaluate_actions gives the entropy
+    # Both paths give the same values and log-probs (the entropy-free one skips the distribution).
+    data = next(agent.rollout_buffer.get(8))
+    with torch.no_grad():
+        full = evaluate(data.observations, data.actions)
+        agent.policy.compute_entropy = False
+        lean = evaluate(data.observations, data.actions)
+    torch.testing.assert_close(lean[0], full[0])
+    torch.testing.assert_close(lean[1], full[1], atol=1e-6, rtol=0)
 
 
 def test_register_algorithm_adds_kl_control(tiny_tokenizer_dir: Path, tiny_lm_dir: Path) -> None:

@@ -68,3 +68,32 @@ def test_fuse_activations_swaps_gelu_new_for_the_same_function(ids: torch.Tensor
     assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
     assert sum(isinstance(m, GELUTanh) for m in model.modules()) == 2
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_lora_on_linear_layers_matches_peft_with_gradients() -> None:
+    """``nn.Linear`` bases (Llama-style models) take the in-place path too."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = torch.nn.Linear(8, 16)
+            self.down = torch.nn.Linear(16, 4, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.down(torch.tanh(self.up(x)))
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["up", "down"], init_lora_weights=False)
+    reference = get_peft_model(Net(), config)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_forward(fused) == 2
+    x = torch.randn(3, 5, 8)
+    results = []
+    for model in (reference, fused):
+        out = model(x)
+        out.pow(2).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((out.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    for got, want in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
