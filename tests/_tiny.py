@@ -14,6 +14,7 @@ from transformers import (
     GPT2Config,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 
@@ -80,6 +81,26 @@ def gpt2_config(vocab_size: int, **overrides: object) -> GPT2Config:
 def build_lm(vocab_size: int, seed: int = 0, **overrides: object) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     return GPT2LMHeadModel(gpt2_config(vocab_size, **overrides)).eval()
+
+
+def build_llama_lm(vocab_size: int, seed: int = 0) -> PreTrainedModel:
+    """A tiny Llama (rotary positions, grouped-query attention): the other common family."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=int(vocab_size),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).eval()
 
 
 def build_rm(vocab_size: int, seed: int = 0, **overrides: object) -> GPT2ForSequenceClassification:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlhf_gym.agents import LoRAPolicy, RolloutKVCache
+from tests import _tiny
 from tests.test_agents_support import full_forward, make_env, to_tensor_obs
 
 EOS = 0
@@ -143,22 +144,7 @@ def test_llama_family_model_cache_matches_full_forward(
 ) -> None:
     """The in-place cache relies only on transformers' Cache API: a Llama (rotary positions,
     grouped-query attention) gives the same outputs as a full forward, with env resets."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    _tiny.build_llama_lm(len(tiny_tokenizer)).save_pretrained(tmp_path / "llama")
     env = make_env(tiny_tokenizer_dir, num_envs=3, max_new_tokens=5)
     policy = _policy(env, tmp_path / "llama")
     rng = np.random.default_rng(0)
