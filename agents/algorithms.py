@@ -100,14 +100,13 @@ class KLControlMixin:
         # training and SB3 logs its sample estimate -mean(log_prob) as train/entropy_loss.
         policy = self.policy
         previous = getattr(policy, "compute_entropy", None)
-        if previous is None:
-            super().train()  # type: ignore[misc]
-            return
-        policy.compute_entropy = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
+        if previous is not None:
+            policy.compute_entropy = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
         try:
             super().train()  # type: ignore[misc]
         finally:
-            policy.compute_entropy = previous
+            if previous is not None:
+                policy.compute_entropy = previous
 
 
 class PPO(KLControlMixin, sb3.PPO):

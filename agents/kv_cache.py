@@ -88,6 +88,11 @@ class BufferCache(DynamicCache):
         Cache.__init__(self, layers=list(layers))
 
 
+def _columns(like: torch.Tensor, capacity: int) -> torch.Tensor:
+    """A zeroed ``[B, heads, capacity, head_dim]`` buffer matching ``like``'s other dimensions."""
+    return like.new_zeros((*like.shape[:2], capacity, like.shape[-1]))
+
+
 class LMCallResult(NamedTuple):
     """What the model call returns for the LAST fed position of each row."""
 
@@ -109,9 +114,8 @@ class RolloutKVCache:
     MIN_HEADROOM = 64
 
     def __init__(self) -> None:
-        self.key_buffers: list[torch.Tensor] = []
-        self.value_buffers: list[torch.Tensor] = []
         self.span = _Span()
+        #: One per model layer, each holding that layer's key and value buffers.
         self.layers: list[BufferLayer] = []
         self.clear()
         self.tokens_fed_total = 0
@@ -120,7 +124,6 @@ class RolloutKVCache:
 
     def clear(self) -> None:
         """Forget the cached tokens (weights changed, batch changed shape). Buffers are kept."""
-        self.valid = False
         self.ids: torch.Tensor | None = None  # [B, L] the obs tokens the cache holds (right-padded)
         self.lengths: torch.Tensor | None = None  # [B] number of cached tokens per row
         self.last_logits: torch.Tensor | None = None  # [B, vocab] output at each row's last token
@@ -136,7 +139,7 @@ class RolloutKVCache:
 
     @property
     def capacity(self) -> int:
-        return 0 if not self.key_buffers else int(self.key_buffers[0].shape[-2])
+        return 0 if not self.layers else int(self.layers[0].key_buffer.shape[-2])
 
     # ------------------------------------------------------------------ buffer management
     def _allocate(
@@ -144,30 +147,20 @@ class RolloutKVCache:
     ) -> None:
         """(Re)allocate buffers for ``batch`` rows and at least ``width`` columns, if needed."""
         k0 = past[0][0]
-        shape_ok = (
-            len(self.key_buffers) == len(past)
-            and self.key_buffers[0].shape[0] == batch
-            and self.key_buffers[0].shape[1] == k0.shape[1]
-            and self.key_buffers[0].shape[-1] == k0.shape[-1]
-            and self.key_buffers[0].dtype == k0.dtype
-            and self.key_buffers[0].device == k0.device
-        )
-        if shape_ok and self.capacity >= width + 1:
+        if (
+            len(self.layers) == len(past)
+            and self.capacity >= width + 1
+            and self.layers[0].key_buffer.shape[:2] == (batch, k0.shape[1])
+            and self.layers[0].key_buffer.shape[-1] == k0.shape[-1]
+            and self.layers[0].key_buffer.dtype == k0.dtype
+            and self.layers[0].key_buffer.device == k0.device
+        ):
             return
         capacity = max(2 * width, width + self.MIN_HEADROOM)
-        self.key_buffers = [
-            k.new_zeros((batch, k.shape[1], capacity, k.shape[-1])) for k, _ in past
-        ]
-        self.value_buffers = [
-            v.new_zeros((batch, v.shape[1], capacity, v.shape[-1])) for _, v in past
-        ]
-        self._rebind()
+        self._set_buffers([(_columns(k, capacity), _columns(v, capacity)) for k, v in past])
 
-    def _rebind(self) -> None:
-        self.layers = [
-            BufferLayer(k, v, self.span)
-            for k, v in zip(self.key_buffers, self.value_buffers, strict=True)
-        ]
+    def _set_buffers(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.layers = [BufferLayer(k, v, self.span) for k, v in buffers]
 
     def _make_room(self, left: int, right: int) -> None:
         """Ensure ``left`` free columns before ``start`` and ``right`` after ``end``."""
@@ -179,17 +172,16 @@ class RolloutKVCache:
         if 2 * (left + width + right) > capacity:  # keep compactions rare: grow when half full
             capacity = max(2 * capacity, left + width + right + self.MIN_HEADROOM)
         self.relayouts += 1
-        new_keys, new_values = [], []
-        for k, v in zip(self.key_buffers, self.value_buffers, strict=True):
-            k_new = k.new_zeros((*k.shape[:2], capacity, k.shape[-1]))
-            v_new = v.new_zeros((*v.shape[:2], capacity, v.shape[-1]))
-            k_new[:, :, left : left + width] = k[:, :, start:end]
-            v_new[:, :, left : left + width] = v[:, :, start:end]
-            new_keys.append(k_new)
-            new_values.append(v_new)
-        self.key_buffers, self.value_buffers = new_keys, new_values
+        buffers = []
+        for layer in self.layers:
+            moved = []
+            for old in (layer.key_buffer, layer.value_buffer):
+                new = _columns(old, capacity)
+                new[:, :, left : left + width] = old[:, :, start:end]
+                moved.append(new)
+            buffers.append((moved[0], moved[1]))
         self.span.start, self.span.end = left, left + width
-        self._rebind()
+        self._set_buffers(buffers)
 
     def _cache(self) -> BufferCache:
         for layer in self.layers:
@@ -213,16 +205,12 @@ class RolloutKVCache:
         lengths = attention_mask.sum(-1)
         if int(lengths.min()) < 1:
             raise ValueError("Every observation must hold at least one token (the prompt).")
-        if (
-            not self.valid
-            or self.ids is None
-            or self.ids.shape != input_ids.shape
-            or fingerprint != self.fingerprint
-        ):
+        if self.ids is None or self.ids.shape != input_ids.shape or fingerprint != self.fingerprint:
             self.clear()
             self.fingerprint = fingerprint
             prefill = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
             extend = torch.zeros_like(prefill)
+            extended = False
         else:
             assert self.lengths is not None
             positions = torch.arange(obs_len, device=input_ids.device)
@@ -230,10 +218,10 @@ class RolloutKVCache:
             prefix_ok = ((self.ids == input_ids) | ~in_cache).all(-1)
             extend = prefix_ok & (lengths == self.lengths + 1)
             same = prefix_ok & (lengths == self.lengths)
+            extended = bool(extend.any())
             # A reused row cannot sit out a batched extend (its column would move): re-prefill it.
-            prefill = ~extend if bool(extend.any()) else ~same
+            prefill = ~extend if extended else ~same
         fed = 0
-        extended = bool(extend.any())
         if extended:
             fed += self._extend(call, input_ids, extend)
         rows_p = prefill.nonzero().flatten()
@@ -242,7 +230,6 @@ class RolloutKVCache:
         keep = int(lengths.max())
         if self.width > keep:  # the longest rows were reset: stop attending over their columns
             self.span.start = self.span.end - keep
-        self.valid = True
         self.ids = input_ids.clone()
         self.lengths = lengths.clone()
         self.tokens_fed_last = fed
@@ -302,13 +289,8 @@ class RolloutKVCache:
             self.last_logits[rows] = result.logits
             self.last_hidden[rows] = result.hidden
         start, end = self.span.end - width_p, self.span.end
-        for (k_new, v_new), k_buf, v_buf in zip(
-            result.past, self.key_buffers, self.value_buffers, strict=True
-        ):
-            if whole_batch:
-                k_buf[:, :, start:end] = k_new
-                v_buf[:, :, start:end] = v_new
-            else:
-                k_buf[rows, :, start:end] = k_new
-                v_buf[rows, :, start:end] = v_new
+        target = slice(None) if whole_batch else rows
+        for (k_new, v_new), layer in zip(result.past, self.layers, strict=True):
+            layer.key_buffer[target, :, start:end] = k_new
+            layer.value_buffer[target, :, start:end] = v_new
         return int(lens.sum())

@@ -216,9 +216,7 @@ class _LoRACore:
         #: ``ent_coef == 0``; SB3 then logs the sample estimate ``-mean(log_prob)``).
         self.compute_entropy = True
         self._watched: list[nn.Parameter] = self._trainable_parameters()
-        self.optimizer = optimizer_class(
-            self._trainable_parameters(), lr=lr_schedule(1), **optimizer_kwargs
-        )
+        self.optimizer = optimizer_class(self._watched, lr=lr_schedule(1), **optimizer_kwargs)
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -596,6 +594,7 @@ class MaskableLoRAPolicy(_LoRACore, MaskableActorCriticPolicy):
         action_masks: np.ndarray | None = None,
     ) -> torch.Tensor:
         logits, _ = self._last_outputs(observation, use_cache=True)
-        return sample_with_log_prob(logits, deterministic=deterministic, action_masks=action_masks)[
-            0
-        ]
+        actions, _ = sample_with_log_prob(
+            logits, deterministic=deterministic, action_masks=action_masks
+        )
+        return actions

@@ -330,16 +330,14 @@ def tables(
             ["model.generate, the same model object (LoRA on, same attention, rlhf_gym's fused "
              "LoRA/GELU)", _fmt(rollout["generate_tokens_per_s"]), _fmt(rollout["generate_s"], "{:.2f}")],
         ]  # fmt: skip
-        if "generate_plain_tokens_per_s" in rollout:
-            rows.append(
-                ["model.generate, the same weights as a plain peft model (peft's LoRA forward)",
-                 _fmt(rollout["generate_plain_tokens_per_s"]), _fmt(rollout["generate_plain_s"], "{:.2f}")]
-            )  # fmt: skip
-        if "generate_base_tokens_per_s" in rollout:
-            rows.append(
-                [f"model.generate, plain base model (no LoRA, {rollout['generate_base_attn']}), for scale",
-                 _fmt(rollout["generate_base_tokens_per_s"]), _fmt(rollout["generate_base_s"], "{:.2f}")]
-            )  # fmt: skip
+        extra_generates = {
+            "generate_plain": "model.generate, the same weights as a plain peft model (peft's LoRA forward)",
+            "generate_base": "model.generate, plain base model (no LoRA, {attn}), for scale",
+        }  # fmt: skip
+        for key, label in extra_generates.items():
+            if f"{key}_tokens_per_s" in rollout:
+                rows.append([label.format(attn=rollout.get("generate_base_attn")),
+                             _fmt(rollout[f"{key}_tokens_per_s"]), _fmt(rollout[f"{key}_s"], "{:.2f}")])  # fmt: skip
         rows += [
             ["ratio ours / generate, whole rollout (target >= 1.0x)",
              _fmt(rollout["ratio"], "{:.2f}x"), ""],
