@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import gymnasium as gym
+import numpy as np
 import stable_baselines3 as sb3
 from peft import LoraConfig
 from sb3_contrib import TRPO as _SB3TRPO
@@ -93,6 +94,41 @@ class KLControlMixin:
         # Record the base model by path, never by value: SB3 pickles policy_kwargs into save().
         if "model" in self.policy_kwargs and hasattr(self.policy, "model_name_or_path"):
             self.policy_kwargs = {**self.policy_kwargs, "model": self.policy.model_name_or_path}
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: Any, rollout_buffer: Any, n_rollout_steps: int, *args: Any
+    ) -> bool:
+        """SB3's ``collect_rollouts``, minus one forward whose result is multiplied by zero.
+
+        After its loop SB3 predicts the values of the final observations to bootstrap GAE, and
+        GAE multiplies them by ``1 - done``. When every env has just finished an episode (the
+        usual case: ``n_steps`` a multiple of a fixed completion length) those observations are
+        the next rollout's fresh prompts and the values are discarded, yet predicting them is a
+        full prompt prefill (5% of a rollout on the benchmark task). The policy is told to
+        return zeros for exactly that call: a full-batch ``predict_values`` once the buffer is
+        full and every env's last step ended an episode. SB3 makes its only other rollout-time
+        call (truncated episodes' terminal values) before the step's ``add``, so before the
+        buffer is full. Advantages and returns are unchanged (tested). ``*args``: MaskablePPO's
+        ``use_masking``.
+        """
+        policy = self.policy
+        if not isinstance(policy, _LoRACore):
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps, *args)  # type: ignore[misc]
+
+        def bootstrap_unused(batch_size: int) -> bool:
+            starts = getattr(self, "_last_episode_starts", None)
+            return (
+                batch_size == env.num_envs
+                and bool(rollout_buffer.full)
+                and starts is not None
+                and bool(np.all(starts))
+            )
+
+        policy.bootstrap_unused = bootstrap_unused
+        try:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps, *args)  # type: ignore[misc]
+        finally:
+            policy.bootstrap_unused = None
 
     def train(self) -> None:
         # The full-vocabulary entropy costs a [batch, vocab] softmax and its backward; with

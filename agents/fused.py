@@ -13,6 +13,15 @@ what is computed beyond float rounding:
   batches that a policy never uses). Whenever a call needs peft's own path (adapters disabled
   or merged, several active adapters, DoRA and other variants, extra keyword arguments) it
   takes it, so the result is always peft's result.
+- :class:`RolloutMerge`: during a rollout the adapter does not change for hundreds of decode
+  steps, so each adapted layer can run ONE matmul with a merged copy ``W + s * B A`` instead of
+  three (the base, ``A`` and ``B``), the way generation servers run a merged adapter. The copy
+  is used only inside :meth:`RolloutMerge.active`, only without autograd and with the adapter
+  enabled, and only for float32 weights (merging a small delta into bf16/fp16 weights would
+  round it away); it is rebuilt whenever the caller's key (a fingerprint of the trainable
+  tensors) changes. peft's own ``merge_adapter`` is not used: merging into the base weights in
+  place and unmerging them for the reference and training passes would not restore them
+  exactly (float rounding), and the drift would accumulate over updates.
 
 Measured on the benchmark task (``benchmarks/``), see its README for the figures.
 """
@@ -20,6 +29,9 @@ Measured on the benchmark task (``benchmarks/``), see its README for the figures
 from __future__ import annotations
 
 import types
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -47,6 +59,10 @@ def fuse_activations(model: nn.Module) -> int:
     return replaced
 
 
+#: Set by :meth:`RolloutMerge.active`: fused layers may use their merged rollout weight.
+_USE_MERGED: ContextVar[bool] = ContextVar("rlhf_gym_use_merged_lora", default=False)
+
+
 def _fused_lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     """``base(x) + scaling * B(A(x))`` in one ``addmm``; peft's forward for anything unusual."""
     generic = type(self).forward
@@ -54,6 +70,15 @@ def _fused_lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs:
     if kwargs or self.disable_adapters or self.merged or len(active) != 1:
         return generic(self, x, *args, **kwargs)
     name = active[0]
+    if _USE_MERGED.get():
+        merged = self.__dict__.get("_rollout_merged")
+        if (
+            merged is not None
+            and merged[0] == name
+            and x.dtype == merged[1].dtype
+            and not torch.is_grad_enabled()
+        ):
+            return _base_with_weight(self.base_layer, x, merged[1])
     if name not in self.lora_A or name in self.lora_variant:
         return generic(self, x, *args, **kwargs)
     weight_a = self.lora_A[name].weight
@@ -76,6 +101,18 @@ def _fused_lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs:
         result.reshape(-1, out_features), down_2d, weight_b.t(), alpha=self.scaling[name]
     )
     return fused.view(result.shape)
+
+
+def _base_with_weight(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` with ``weight`` in place of ``layer.weight`` (the same layout)."""
+    if type(layer) is nn.Linear:
+        return F.linear(x, weight, layer.bias)
+    # transformers' Conv1D: weight is [in, out], y = x @ W + b.
+    out_shape = x.shape[:-1] + (weight.shape[1],)
+    flat = x.reshape(-1, x.shape[-1])
+    if layer.bias is None:
+        return (flat @ weight).view(out_shape)
+    return torch.addmm(layer.bias, flat, weight).view(out_shape)
 
 
 def _owns_its_output(layer: nn.Module) -> bool:
@@ -104,3 +141,76 @@ def fuse_lora_forward(model: nn.Module) -> int:
             module.forward = types.MethodType(_fused_lora_linear_forward, module)
             changed += 1
     return changed
+
+
+class RolloutMerge:
+    """Merged float32 copies of a model's adapted weights, for no-grad rollout forwards.
+
+    ``refresh(key)`` (re)builds the copies when ``key`` differs from the last one; inside
+    ``active()`` the fused layers use them. ``clear()`` frees them (before training, so the
+    copies never add to the training pass's peak memory). A layer gets a copy only when its
+    fused forward would run (one active vanilla LoRA adapter, identity dropout, a plain
+    ``nn.Linear``/``Conv1D`` base without hooks) and its base weight is float32; every other
+    layer keeps its usual forward, so the model's function is unchanged up to float rounding.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
+        self._layers = [
+            m
+            for m in model.modules()
+            if type(m) is LoraLinear and isinstance(m.__dict__.get("forward"), types.MethodType)
+        ]
+        self._key: Hashable | None = None
+        self._merged = 0
+
+    def refresh(self, key: Hashable) -> int:
+        """Rebuild the merged copies if ``key`` changed; returns the number of merged layers."""
+        if key == self._key:
+            return self._merged
+        self.clear()
+        merged = 0
+        with torch.no_grad():
+            for layer in self._layers:
+                name = _mergeable_adapter(layer)
+                if name is None:
+                    continue
+                weight = layer.base_layer.weight + layer.get_delta_weight(name)
+                layer.__dict__["_rollout_merged"] = (name, weight.contiguous())
+                merged += 1
+        self._key, self._merged = key, merged
+        return merged
+
+    def clear(self) -> None:
+        """Drop the copies (they are rebuilt by the next ``refresh``)."""
+        for layer in self._layers:
+            layer.__dict__.pop("_rollout_merged", None)
+        self._key, self._merged = None, 0
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Let fused layers use their merged copies (no-grad forwards only) inside the block."""
+        token = _USE_MERGED.set(True)
+        try:
+            yield
+        finally:
+            _USE_MERGED.reset(token)
+
+
+def _mergeable_adapter(layer: Any) -> str | None:
+    """The adapter name to merge for ``layer``, or None when it must keep its usual forward."""
+    active = layer.active_adapters
+    if layer.merged or len(active) != 1:
+        return None
+    name = active[0]
+    if name not in layer.lora_A or name in layer.lora_variant:
+        return None
+    if not isinstance(layer.lora_dropout[name], nn.Identity):
+        return None
+    base = layer.base_layer
+    if not _owns_its_output(base) or base.weight.dtype != torch.float32:
+        return None
+    if layer.lora_A[name].weight.dtype != torch.float32:
+        return None
+    return name

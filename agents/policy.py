@@ -19,6 +19,10 @@ share :class:`_LoRACore`, which holds everything LM-specific:
   a per-env KV cache (:mod:`rlhf_gym.agents.kv_cache`); training calls (``evaluate_actions``,
   ``get_distribution``, any call with gradients) run one forward per sequence
   (:mod:`rlhf_gym.agents.sequence_eval`), never the cache;
+- rollout calls with float32 weights sample from a merged copy ``W + s * B A`` of each
+  adapted weight (``merge_for_rollout``, :class:`~rlhf_gym.agents.fused.RolloutMerge`): one
+  matmul per adapted layer per decode step instead of three, rebuilt whenever the adapter
+  changes and freed before training;
 - the KL reference is the same model with the adapter disabled (:meth:`reference_log_prob`):
   no second copy of the weights exists;
 - the model gets two same-function rewrites (:mod:`rlhf_gym.agents.fused`): a fused LoRA
@@ -38,7 +42,7 @@ import inspect
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -58,7 +62,7 @@ from rlhf_gym.agents.distributions import (
     log_prob_of,
     sample_with_log_prob,
 )
-from rlhf_gym.agents.fused import fuse_activations
+from rlhf_gym.agents.fused import RolloutMerge, fuse_activations
 from rlhf_gym.agents.kv_cache import BufferCache, LMCallResult, RolloutKVCache
 from rlhf_gym.agents.lora import (
     apply_lora,
@@ -127,6 +131,7 @@ class _LoRACore:
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
         use_kv_cache: bool = True,
+        merge_for_rollout: bool = True,
         eval_chunk_size: int = 64,
         use_sde: bool = False,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
@@ -151,6 +156,11 @@ class _LoRACore:
             for TRPO (see the module doc).
         :param trust_remote_code: forwarded to ``from_pretrained``; off unless you ask.
         :param use_kv_cache: feed one token per env per rollout step (see :mod:`.kv_cache`).
+        :param merge_for_rollout: sample with a merged copy ``W + s * B A`` of each adapted
+            float32 weight (one matmul per layer instead of three; see
+            :class:`~rlhf_gym.agents.fused.RolloutMerge`). It costs one copy of the adapted
+            weights while a rollout runs (freed before training); turn it off when the model
+            barely fits in memory. Training and the KL reference never use it.
         :param eval_chunk_size: sequences per forward in training-time evaluation.
         :param use_sde: must be False (kept because stable-baselines3 always passes it).
         """
@@ -194,6 +204,8 @@ class _LoRACore:
         self.attn_implementation = attn_implementation
         self.trust_remote_code = trust_remote_code
         self.use_kv_cache = use_kv_cache
+        self.merge_for_rollout = bool(merge_for_rollout)
+        self._rollout_merge = RolloutMerge(self.model)
         self.eval_chunk_size = int(eval_chunk_size)
         self.value_head_kind = value_head
         hidden = int(base.config.get_text_config().hidden_size)
@@ -215,6 +227,10 @@ class _LoRACore:
         #: Whether ``evaluate_actions`` returns the entropy (the algorithms turn it off when
         #: ``ent_coef == 0``; SB3 then logs the sample estimate ``-mean(log_prob)``).
         self.compute_entropy = True
+        #: Set by the algorithms around ``collect_rollouts``: given a batch size, whether a
+        #: ``predict_values`` call is SB3's final bootstrap whose values GAE multiplies by zero
+        #: (see :meth:`rlhf_gym.agents.algorithms.KLControlMixin.collect_rollouts`).
+        self.bootstrap_unused: Callable[[int], bool] | None = None
         self._watched: list[nn.Parameter] = self._trainable_parameters()
         self.optimizer = optimizer_class(self._watched, lr=lr_schedule(1), **optimizer_kwargs)
 
@@ -304,6 +320,7 @@ class _LoRACore:
             attn_implementation=self.attn_implementation,
             trust_remote_code=self.trust_remote_code,
             use_kv_cache=self.use_kv_cache,
+            merge_for_rollout=self.merge_for_rollout,
             eval_chunk_size=self.eval_chunk_size,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
@@ -319,6 +336,7 @@ class _LoRACore:
     def _weights_changed(self) -> None:
         self._weights_version += 1
         self._kv_caches.clear()
+        self._rollout_merge.clear()
         self._watched = self._trainable_parameters()
 
     def _fingerprint(self) -> Hashable:
@@ -436,10 +454,22 @@ class _LoRACore:
         self, obs: PyTorchObs, *, use_cache: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self._obs_tokens(obs)
-        if use_cache and self.use_kv_cache and not torch.is_grad_enabled():
+        if torch.is_grad_enabled():
+            return self._sequence_outputs(ids, mask)
+        fingerprint = self._fingerprint()
+        if not self.merge_for_rollout:
+            return self._no_grad_outputs(ids, mask, fingerprint, use_cache)
+        self._rollout_merge.refresh(fingerprint)
+        with self._rollout_merge.active():
+            return self._no_grad_outputs(ids, mask, fingerprint, use_cache)
+
+    def _no_grad_outputs(
+        self, ids: torch.Tensor, mask: torch.Tensor, fingerprint: Hashable, use_cache: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if use_cache and self.use_kv_cache:
             cache = self._kv_caches.setdefault(ids.shape[0], RolloutKVCache())
             try:
-                return cache.step(self._lm_call, ids, mask, self._fingerprint())
+                return cache.step(self._lm_call, ids, mask, fingerprint)
             except _CacheUnsupported as exc:
                 warnings.warn(
                     f"{type(self.model.get_base_model()).__name__} returned a {exc} cache that the "
@@ -480,6 +510,11 @@ class _LoRACore:
         return dist
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
+        unused = self.bootstrap_unused
+        if unused is not None and not torch.is_grad_enabled():
+            batch = int(obs["input_ids"].shape[0])  # type: ignore[index]
+            if unused(batch):
+                return torch.zeros(batch, 1, device=self.device)
         _, hidden = self._last_outputs(obs, use_cache=True)
         return self._value(hidden)
 

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers.activations import GELUTanh, NewGELUActivation
 
-from rlhf_gym.agents.fused import fuse_activations, fuse_lora_forward
+from rlhf_gym.agents.fused import RolloutMerge, fuse_activations, fuse_lora_forward
 from tests import _tiny
 
 
@@ -97,3 +97,42 @@ def test_fused_lora_on_linear_layers_matches_peft_with_gradients() -> None:
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
     for got, want in zip(results[1][1], results[0][1], strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_rollout_merge_matches_peft_only_where_it_is_allowed(ids: torch.Tensor) -> None:
+    """Merged copies give peft's outputs; they are used only inside ``active()``, without
+    autograd and with the adapter on, and a new key rebuilds them."""
+    reference, fused = _peft_pair(target_modules=["c_attn", "c_fc"])
+    merge = RolloutMerge(fused)
+    assert merge.refresh(key=1) == 4
+    with torch.no_grad():
+        want = reference(input_ids=ids).logits
+        base = fused.get_base_model()
+        with merge.active():
+            torch.testing.assert_close(fused(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+        # Change the adapter without a new key: only the stale copy shows the old weights,
+        # which proves the copy is what runs inside active() and nowhere else.
+        for name, param in fused.named_parameters():
+            if "lora_B" in name:
+                param.mul_(3.0)
+        changed = fused(input_ids=ids).logits
+        assert not torch.allclose(changed, want, atol=1e-3)
+        with merge.active():
+            torch.testing.assert_close(fused(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+            with fused.disable_adapter():  # the reference pass never sees the merged copy
+                torch.testing.assert_close(fused(input_ids=ids).logits, base(input_ids=ids).logits)
+        assert merge.refresh(key=2) == 4
+        with merge.active():
+            torch.testing.assert_close(fused(input_ids=ids).logits, changed, atol=1e-5, rtol=1e-5)
+    with merge.active():  # autograd: always the live adapter, whose gradients it needs
+        merge.refresh(key=1)  # deliberately stale copies
+        torch.testing.assert_close(fused(input_ids=ids).logits.detach(), changed)
+    merge.clear()
+    assert not any("_rollout_merged" in m.__dict__ for m in fused.modules())
+
+
+def test_rollout_merge_leaves_half_precision_weights_alone() -> None:
+    """Rounding a small LoRA delta into bf16 weights would erase it: no copies are made."""
+    _, fused = _peft_pair(target_modules=["c_attn", "c_fc"])
+    fused.to(torch.bfloat16)
+    assert RolloutMerge(fused).refresh(key=1) == 0

@@ -149,3 +149,44 @@ def test_adaptive_beta_moves_and_is_saved(
     loaded = A2C.load(tmp_path / "a2c.zip", env=env, device="cpu")
     assert loaded.kl_controller == agent.kl_controller
     assert loaded.rollout_buffer._algorithm() is loaded
+
+
+@pytest.mark.parametrize("n_steps, skipped", [(6, True), (4, False)])
+def test_unused_final_bootstrap_is_skipped_and_changes_nothing(
+    n_steps: int, skipped: bool, tiny_tokenizer_dir: Path, tiny_lm_dir: Path
+) -> None:
+    """Episodes of exactly 3 tokens: after 6 steps every env has just finished, so SB3's final
+    ``predict_values`` (multiplied by zero in GAE) runs no forward; after 4 steps the envs are
+    mid-episode and it must run. Advantages and returns equal stock SB3's either way."""
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    results = []
+    for ours in (True, False):
+        env = make_env(tiny_tokenizer_dir, num_envs=2, max_new_tokens=3, stop_on_eos=False)
+        agent = make_agent(
+            "ppo", env, model=str(tiny_lm_dir), lora=RANDOM_LORA, kl_coef=0.1, seed=0,
+            n_steps=n_steps, batch_size=2 * n_steps, device="cpu",
+        )  # fmt: skip
+        _, callback = agent._setup_learn(2 * n_steps, callback=None)
+        policy, forwards = agent.policy, []
+        original = policy._last_outputs
+
+        def counted(obs, *, use_cache, original=original, forwards=forwards):
+            forwards.append(1)
+            return original(obs, use_cache=use_cache)
+
+        policy._last_outputs = counted
+        collect = (
+            agent.collect_rollouts if ours else OnPolicyAlgorithm.collect_rollouts.__get__(agent)
+        )
+        assert collect(agent.env, callback, agent.rollout_buffer, n_steps)
+        buf = agent.rollout_buffer
+        results.append(
+            (len(forwards), buf.log_probs.copy(), buf.advantages.copy(), buf.returns.copy())
+        )
+        assert policy.bootstrap_unused is None  # only set while collecting
+    (ours_forwards, *ours), (stock_forwards, *stock) = results
+    assert stock_forwards == n_steps + 1
+    assert ours_forwards == (n_steps if skipped else n_steps + 1)
+    for got, want in zip(ours, stock, strict=True):
+        np.testing.assert_array_equal(got, want)
