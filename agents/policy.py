@@ -439,8 +439,18 @@ class _LoRACore:
                 **kwargs,
             )
             if keep is not None and out.logits.dim() == 2:
+                # out.logits holds the kept positions in row-major order.
                 flat_index = keep.flatten().long().cumsum(0) - 1
-                logits = out.logits[flat_index[local * width + pos]]
+                kept_row = flat_index[local * width + pos]
+                if kept_row.numel() == out.logits.shape[0]:
+                    # One transition per kept position (the usual case): put the transitions in
+                    # the logits' order instead of gathering [N, vocab] logits (and scattering
+                    # their gradient back); callers follow ``order`` either way.
+                    perm = torch.argsort(kept_row)
+                    members, local, pos = members[perm], local[perm], pos[perm]
+                    logits = out.logits
+                else:  # duplicate transitions share a position
+                    logits = out.logits[kept_row]
             else:
                 logits = out.logits[local, pos]
             order_parts.append(members)

@@ -54,7 +54,9 @@ def setup(tiny_tokenizer_dir: Path, tiny_lm_dir: Path):
     return policy, ids, mask, actions, reference
 
 
-@pytest.mark.parametrize("composition", ["whole_buffer", "shuffled_minibatches", "reversed_pairs"])
+@pytest.mark.parametrize(
+    "composition", ["whole_buffer", "shuffled_minibatches", "reversed_pairs", "duplicates"]
+)
 def test_evaluate_actions_equals_per_transition(setup, composition: str) -> None:
     policy, ids, mask, actions, reference = setup
     n = len(ids)
@@ -63,6 +65,8 @@ def test_evaluate_actions_equals_per_transition(setup, composition: str) -> None
         batches = [np.arange(n)]
     elif composition == "shuffled_minibatches":
         batches = np.array_split(rng.permutation(n), 5)
+    elif composition == "duplicates":  # repeated transitions share one logits position
+        batches = [np.concatenate([rng.permutation(n), np.arange(0, n, 4)])]
     else:
         batches = [np.array([i + 1, i]) for i in range(0, n - 1, 2)]
     for idx in batches:
