@@ -91,9 +91,9 @@ class TrainConfig:
         metadata={"help": "modules to adapt; default: peft's choice for the architecture"},
     )
     kl_coef: float = field(
-        default=0.4,
+        default=0.5,
         metadata={
-            "help": "KL penalty beta (initial value when adaptive); 0.4 keeps the default task "
+            "help": "KL penalty beta (initial value when adaptive); 0.5 keeps the default task "
             "fluent on every seed tried"
         },
     )
