@@ -66,10 +66,9 @@ _USE_MERGED: ContextVar[bool] = ContextVar("rlhf_gym_use_merged_lora", default=F
 def _fused_lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     """``base(x) + scaling * B(A(x))`` in one ``addmm``; peft's forward for anything unusual."""
     generic = type(self).forward
-    active = self.active_adapters
-    if kwargs or self.disable_adapters or self.merged or len(active) != 1:
+    name = None if kwargs else _vanilla_adapter(self)
+    if name is None:
         return generic(self, x, *args, **kwargs)
-    name = active[0]
     if _USE_MERGED.get():
         merged = self.__dict__.get("_rollout_merged")
         if (
@@ -79,11 +78,9 @@ def _fused_lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs:
             and not torch.is_grad_enabled()
         ):
             return _base_with_weight(self.base_layer, x, merged[1])
-    if name not in self.lora_A or name in self.lora_variant:
-        return generic(self, x, *args, **kwargs)
     weight_a = self.lora_A[name].weight
     weight_b = self.lora_B[name].weight
-    if x.dtype != weight_a.dtype or not isinstance(self.lora_dropout[name], nn.Identity):
+    if x.dtype != weight_a.dtype:
         return generic(self, x, *args, **kwargs)
     result = self.base_layer(x, *args)
     if result.dtype != weight_b.dtype:
@@ -109,6 +106,20 @@ def _fused_lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs:
         return result
     fused = torch.addmm(result.reshape(-1, out_features), down_2d, b_t, alpha=self.scaling[name])
     return fused.view(result.shape)
+
+
+def _vanilla_adapter(layer: Any) -> str | None:
+    """The layer's one active plain LoRA adapter, or None when peft's own path is needed
+    (adapters disabled or merged, several active, DoRA and other variants, dropout on)."""
+    active = layer.active_adapters
+    if layer.disable_adapters or layer.merged or len(active) != 1:
+        return None
+    name = active[0]
+    if name not in layer.lora_A or name in layer.lora_variant:
+        return None
+    if not isinstance(layer.lora_dropout[name], nn.Identity):
+        return None
+    return name
 
 
 def _base_with_weight(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -208,13 +219,8 @@ class RolloutMerge:
 
 def _mergeable_adapter(layer: Any) -> str | None:
     """The adapter name to merge for ``layer``, or None when it must keep its usual forward."""
-    active = layer.active_adapters
-    if layer.merged or len(active) != 1:
-        return None
-    name = active[0]
-    if name not in layer.lora_A or name in layer.lora_variant:
-        return None
-    if not isinstance(layer.lora_dropout[name], nn.Identity):
+    name = _vanilla_adapter(layer)
+    if name is None:
         return None
     base = layer.base_layer
     if not _owns_its_output(base) or base.weight.dtype != torch.float32:
