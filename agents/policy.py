@@ -395,17 +395,22 @@ class _LoRACore:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits/hidden at each row's last valid token, one forward per prefix group."""
-        logits, hidden, order = self._grouped_outputs(input_ids, attention_mask)
+        logits, hidden, order, rows = self._grouped_outputs(input_ids, attention_mask)
         inverse = torch.argsort(order)
-        return logits[inverse], hidden[inverse]
+        return _per_transition(logits, rows)[inverse], hidden[inverse]
 
     def _grouped_outputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_sequence_outputs` in group order: row j belongs to transition ``order[j]``.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`_sequence_outputs` in group order, without copying logits.
 
-        Training permutes the ``[N]`` log-probs back instead of the ``[N, vocab]`` logits (a
-        gather forward and a scatter backward of the largest tensor in the pass).
+        Returns ``(logits, hidden, order, rows)``: ``hidden[j]`` belongs to transition
+        ``order[j]``, and so does ``logits[j]`` when ``rows`` is None; otherwise (duplicate
+        transitions, which share a position: a prompt drawn twice, a GRPO group) its logits
+        are ``logits[rows[j]]``, one row per distinct position. Training permutes the ``[N]``
+        log-probs back instead of the ``[N, vocab]`` logits, and never materialises a second
+        ``[N, vocab]`` tensor for duplicates (a gather forward and a scatter backward of the
+        largest tensor in the pass).
         """
         groups = group_by_prefix(input_ids, attention_mask)
         lengths = groups.lengths
@@ -413,6 +418,7 @@ class _LoRACore:
         order_parts: list[torch.Tensor] = []
         logit_parts: list[torch.Tensor] = []
         hidden_parts: list[torch.Tensor] = []
+        row_parts: list[torch.Tensor | None] = []
         for start in range(0, n_groups, self.eval_chunk_size):
             stop = min(n_groups, start + self.eval_chunk_size)
             rows = groups.representatives[start:stop]
@@ -438,27 +444,45 @@ class _LoRACore:
                 output_hidden_states=True,
                 **kwargs,
             )
+            rows: torch.Tensor | None = None
             if keep is not None and out.logits.dim() == 2:
                 # out.logits holds the kept positions in row-major order.
                 flat_index = keep.flatten().long().cumsum(0) - 1
                 kept_row = flat_index[local * width + pos]
+                logits = out.logits
                 if kept_row.numel() == out.logits.shape[0]:
-                    # One transition per kept position (the usual case): put the transitions in
-                    # the logits' order instead of gathering [N, vocab] logits (and scattering
-                    # their gradient back); callers follow ``order`` either way.
+                    # One transition per kept position: put the transitions in the logits'
+                    # order instead of gathering [N, vocab] logits; callers follow ``order``.
                     perm = torch.argsort(kept_row)
                     members, local, pos = members[perm], local[perm], pos[perm]
-                    logits = out.logits
                 else:  # duplicate transitions share a position
-                    logits = out.logits[kept_row]
+                    rows = kept_row
             else:
                 logits = out.logits[local, pos]
+            row_parts.append(rows)
             order_parts.append(members)
             logit_parts.append(logits.float())
             hidden_parts.append(out.hidden_states[-1][local, pos].float())
         if len(logit_parts) == 1:
-            return logit_parts[0], hidden_parts[0], order_parts[0]
-        return torch.cat(logit_parts), torch.cat(hidden_parts), torch.cat(order_parts)
+            return logit_parts[0], hidden_parts[0], order_parts[0], row_parts[0]
+        all_rows: torch.Tensor | None = None
+        if any(rows is not None for rows in row_parts):
+            offsets = [0]
+            for part in logit_parts[:-1]:
+                offsets.append(offsets[-1] + part.shape[0])
+            all_rows = torch.cat(
+                [
+                    offset
+                    + (torch.arange(len(members), device=members.device) if rows is None else rows)
+                    for offset, rows, members in zip(offsets, row_parts, order_parts, strict=True)
+                ]
+            )
+        return (
+            torch.cat(logit_parts),
+            torch.cat(hidden_parts),
+            torch.cat(order_parts),
+            all_rows,
+        )
 
     def _last_outputs(
         self, obs: PyTorchObs, *, use_cache: bool
@@ -506,10 +530,12 @@ class _LoRACore:
         """``log pi_ref(a|s)`` under the base model: the same weights with the adapter disabled."""
         ids, mask = self._obs_tokens(obs)
         with self.model.disable_adapter():
-            logits, _, order = self._grouped_outputs(ids, mask)
+            logits, _, order, rows = self._grouped_outputs(ids, mask)
         actions = actions.to(logits.device).long().flatten()[order]
         masks = None if action_masks is None else _rows(action_masks, order, logits.device)
-        log_prob = log_prob_of(logits, actions, action_masks=masks)
+        if masks is not None:  # masks are per transition
+            logits, rows = _per_transition(logits, rows), None
+        log_prob = log_prob_of(logits, actions, action_masks=masks, rows=rows)
         return log_prob[torch.argsort(order)]
 
     # ------------------------------------------------------------------ distributions
@@ -537,15 +563,17 @@ class _LoRACore:
         results are permuted back (see :meth:`_grouped_outputs`).
         """
         ids, mask = self._obs_tokens(obs)
-        logits, hidden, order = self._grouped_outputs(ids, mask)
+        logits, hidden, order, rows = self._grouped_outputs(ids, mask)
         masks = None if action_masks is None else _rows(action_masks, order, logits.device)
         actions = actions.to(logits.device).long().flatten()[order]
         entropy = None
+        if self.compute_entropy or masks is not None:  # per-transition distributions
+            logits, rows = _per_transition(logits, rows), None
         if self.compute_entropy:
             dist = self._distribution(logits, masks)
             log_prob, entropy = dist.log_prob(actions), dist.entropy()
         else:  # one log-softmax and a gather, no distribution object
-            log_prob = log_prob_of(logits, actions, action_masks=masks)
+            log_prob = log_prob_of(logits, actions, action_masks=masks, rows=rows)
         inverse = torch.argsort(order)
         values = self._value(hidden)[inverse]
         return values, log_prob[inverse], None if entropy is None else entropy[inverse]
@@ -560,6 +588,11 @@ class _LoRACore:
         if merged:
             return export_merged(self, save_directory, tokenizer=tokenizer)  # type: ignore[arg-type]
         return export_adapter(self, save_directory)  # type: ignore[arg-type]
+
+
+def _per_transition(logits: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """One logits row per transition (see :meth:`_LoRACore._grouped_outputs`)."""
+    return logits if rows is None else logits[rows]
 
 
 def _rows(x: Any, order: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -57,8 +57,15 @@ def setup(tiny_tokenizer_dir: Path, tiny_lm_dir: Path):
 @pytest.mark.parametrize(
     "composition", ["whole_buffer", "shuffled_minibatches", "reversed_pairs", "duplicates"]
 )
-def test_evaluate_actions_equals_per_transition(setup, composition: str) -> None:
+@pytest.mark.parametrize("entropy, chunk", [(True, 64), (False, 64), (False, 3)])
+def test_evaluate_actions_equals_per_transition(
+    setup, composition: str, entropy: bool, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entropy off scores duplicate transitions on shared logits rows; chunk 3 splits the
+    sequences over several forwards."""
     policy, ids, mask, actions, reference = setup
+    monkeypatch.setattr(policy, "compute_entropy", entropy)
+    monkeypatch.setattr(policy, "eval_chunk_size", chunk)
     n = len(ids)
     rng = np.random.default_rng(3)
     if composition == "whole_buffer":
@@ -74,12 +81,14 @@ def test_evaluate_actions_equals_per_transition(setup, composition: str) -> None
             "input_ids": torch.as_tensor(ids[idx], dtype=torch.float32),
             "attention_mask": torch.as_tensor(mask[idx], dtype=torch.float32),
         }
-        values, log_prob, entropy = policy.evaluate_actions(obs, torch.as_tensor(actions[idx]))
+        values, log_prob, entropies = policy.evaluate_actions(obs, torch.as_tensor(actions[idx]))
+        assert (entropies is not None) == entropy
         for j, i in enumerate(idx):
             ref_logp, ref_value, ref_entropy = reference[i]
             torch.testing.assert_close(log_prob[j].detach(), ref_logp, atol=1e-5, rtol=0)
             torch.testing.assert_close(values[j].detach(), ref_value, atol=1e-5, rtol=0)
-            torch.testing.assert_close(entropy[j].detach(), ref_entropy, atol=1e-5, rtol=0)
+            if entropies is not None:
+                torch.testing.assert_close(entropies[j].detach(), ref_entropy, atol=1e-5, rtol=0)
 
 
 def test_one_forward_row_per_sequence_and_gradients_flow(setup) -> None:
