@@ -94,7 +94,7 @@ def _fused_lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs:
     )
     scaling = self.scaling[name]
     base = self.base_layer
-    if not args and _owns_its_output(base) and base.weight.dtype == x.dtype:
+    if not args and _plain_linear(base) and base.weight.dtype == x.dtype:
         # The base matmul on the flattened input, then accumulate into its output in place:
         # out-of-place addmm would first copy all of it (one activation-sized copy per layer),
         # and an in-place op on the view the base layer returns would make autograd copy the
@@ -145,8 +145,9 @@ def _base_with_weight(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def _owns_its_output(layer: nn.Module) -> bool:
-    """A plain ``nn.Linear``/``Conv1D`` without hooks returns a fresh tensor nobody else holds."""
+def _plain_linear(layer: nn.Module) -> bool:
+    """A plain ``nn.Linear``/``Conv1D`` without hooks: its forward is one matmul that can be run
+    directly (:func:`_linear_2d`), with another weight or into a tensor the caller then owns."""
     from transformers.pytorch_utils import Conv1D
 
     return (
@@ -234,7 +235,7 @@ def _mergeable_adapter(layer: Any) -> str | None:
     if name is None:
         return None
     base = layer.base_layer
-    if not _owns_its_output(base) or base.weight.dtype != torch.float32:
+    if not _plain_linear(base) or base.weight.dtype != torch.float32:
         return None
     if layer.lora_A[name].weight.dtype != torch.float32:
         return None
