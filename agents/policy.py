@@ -528,15 +528,30 @@ class _LoRACore:
         action_masks: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
         """``log pi_ref(a|s)`` under the base model: the same weights with the adapter disabled."""
-        ids, mask = self._obs_tokens(obs)
         with self.model.disable_adapter():
-            logits, _, order, rows = self._grouped_outputs(ids, mask)
-        actions = actions.to(logits.device).long().flatten()[order]
-        masks = None if action_masks is None else _rows(action_masks, order, logits.device)
-        if masks is not None:  # masks are per transition
-            logits, rows = _per_transition(logits, rows), None
-        log_prob = log_prob_of(logits, actions, action_masks=masks, rows=rows)
+            log_prob, _, _, order = self._grouped_scores(obs, actions, action_masks, entropy=False)
         return log_prob[torch.argsort(order)]
+
+    def _grouped_scores(
+        self, obs: PyTorchObs, actions: torch.Tensor, action_masks: Any, *, entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``(log_prob, entropy or None, hidden, order)`` of ``actions``, in group order.
+
+        One forward per sequence (:meth:`_grouped_outputs`). Without entropy or masks the
+        log-probs are read through the shared logits rows (one log-softmax and a gather, no
+        distribution object); entropy and per-transition masks need one row per transition.
+        """
+        ids, mask = self._obs_tokens(obs)
+        logits, hidden, order, rows = self._grouped_outputs(ids, mask)
+        masks = None if action_masks is None else _rows(action_masks, order, logits.device)
+        actions = actions.to(logits.device).long().flatten()[order]
+        if entropy or masks is not None:
+            logits, rows = _per_transition(logits, rows), None
+        if entropy:
+            dist = self._distribution(logits, masks)
+            return dist.log_prob(actions), dist.entropy(), hidden, order
+        log_prob = log_prob_of(logits, actions, action_masks=masks, rows=rows)
+        return log_prob, None, hidden, order
 
     # ------------------------------------------------------------------ distributions
     def _distribution(self, logits: torch.Tensor, action_masks: Any = None) -> Any:
@@ -559,21 +574,12 @@ class _LoRACore:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``evaluate_actions``: values, log-probs and (if wanted) entropies, in input order.
 
-        The distribution is built on the logits in group order and only the per-transition
-        results are permuted back (see :meth:`_grouped_outputs`).
+        The scores are computed in group order and only the per-transition results are
+        permuted back (see :meth:`_grouped_outputs`).
         """
-        ids, mask = self._obs_tokens(obs)
-        logits, hidden, order, rows = self._grouped_outputs(ids, mask)
-        masks = None if action_masks is None else _rows(action_masks, order, logits.device)
-        actions = actions.to(logits.device).long().flatten()[order]
-        entropy = None
-        if self.compute_entropy or masks is not None:  # per-transition distributions
-            logits, rows = _per_transition(logits, rows), None
-        if self.compute_entropy:
-            dist = self._distribution(logits, masks)
-            log_prob, entropy = dist.log_prob(actions), dist.entropy()
-        else:  # one log-softmax and a gather, no distribution object
-            log_prob = log_prob_of(logits, actions, action_masks=masks, rows=rows)
+        log_prob, entropy, hidden, order = self._grouped_scores(
+            obs, actions, action_masks, entropy=self.compute_entropy
+        )
         inverse = torch.argsort(order)
         values = self._value(hidden)[inverse]
         return values, log_prob[inverse], None if entropy is None else entropy[inverse]
