@@ -30,12 +30,14 @@ import numpy as np
 from common import (
     TASK,
     Stopwatch,
+    add_backend_args,
     current_rss_mb,
     e_fraction,
     emit,
     load_prompts,
     median,
     set_threads,
+    synchronize,
     task_paths,
 )
 
@@ -56,26 +58,29 @@ def model_dir(n_positions: int) -> str:
     return str(task_paths().model(n_positions))
 
 
-def make_ppo(num_envs: int, new_tokens: int, n_positions: int, attn: str | None = None) -> Any:
+def make_ppo(args: argparse.Namespace) -> Any:
     """The benchmark's PPO: one episode per env per update, one epoch, one optimizer step."""
     from rlhf_gym.agents import make_agent
     from rlhf_gym.envs import make_vec_env
 
-    venv = make_vec_env(num_envs, seed=TASK.seed, **env_kwargs(new_tokens))
+    venv = make_vec_env(args.num_envs, seed=TASK.seed, **env_kwargs(args.new_tokens))
+    policy_kwargs: dict[str, Any] = {"dtype": args.dtype}
+    if args.attn:
+        policy_kwargs["attn_implementation"] = args.attn
     return make_agent(
         "ppo",
         venv,
-        model=model_dir(n_positions),
+        model=model_dir(args.n_positions),
         lora=TASK.lora_dict(),
         kl_coef=TASK.beta,
         seed=TASK.seed,
-        device="cpu",
-        n_steps=new_tokens,
-        batch_size=num_envs * new_tokens,
+        device=args.device,
+        n_steps=args.new_tokens,
+        batch_size=args.num_envs * args.new_tokens,
         n_epochs=1,
         learning_rate=TASK.learning_rate,
         gamma=1.0,
-        policy_kwargs={"attn_implementation": attn} if attn else None,
+        policy_kwargs=policy_kwargs,
     )
 
 
@@ -146,7 +151,7 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- rollout
 
 
-def _generate_inputs(num_envs: int) -> tuple[Any, Any]:
+def _generate_inputs(num_envs: int, device: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoTokenizer
 
@@ -154,10 +159,11 @@ def _generate_inputs(num_envs: int) -> tuple[Any, Any]:
     prompts = load_prompts(task_paths())[:num_envs]
     enc = tokenizer(prompts, return_tensors="pt")
     assert enc["input_ids"].shape == (num_envs, TASK.prompt_tokens)
-    return enc["input_ids"], torch.ones_like(enc["input_ids"])
+    ids = enc["input_ids"].to(device)
+    return ids, torch.ones_like(ids)
 
 
-def _plain_peft_twin(policy: Any, n_positions: int) -> Any:
+def _plain_peft_twin(policy: Any, n_positions: int, device: str) -> Any:
     """The policy's model as a user would build it with peft alone: same weights and adapter,
     same attention, but peft's own LoRA forward and the config's activation (none of
     rlhf_gym's fused rewrites). ``generate`` on it is the stock Hugging Face stack."""
@@ -165,17 +171,19 @@ def _plain_peft_twin(policy: Any, n_positions: int) -> Any:
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(
-        model_dir(n_positions), attn_implementation=policy.attn_implementation
+        model_dir(n_positions), attn_implementation=policy.attn_implementation, dtype=policy.dtype
     ).eval()
     twin = get_peft_model(base, policy.lora_config)
     set_peft_model_state_dict(twin, get_peft_model_state_dict(policy.model))
-    return twin.eval()
+    return twin.to(device).eval()
 
 
 def _generate_once(model: Any, input_ids: Any, mask: Any, new_tokens: int, pad_id: int) -> float:
     """``model.generate`` with the task's sampling; exactly ``new_tokens`` tokens per row."""
     import torch
 
+    device = str(input_ids.device)
+    synchronize(device)
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
@@ -190,6 +198,7 @@ def _generate_once(model: Any, input_ids: Any, mask: Any, new_tokens: int, pad_i
             pad_token_id=pad_id,
             use_cache=True,
         )
+    synchronize(device)
     elapsed = time.perf_counter() - start
     assert out.shape == (input_ids.shape[0], TASK.prompt_tokens + new_tokens), out.shape
     return elapsed
@@ -199,7 +208,7 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.manual_seed(0)
-    agent = make_ppo(args.num_envs, args.new_tokens, args.n_positions, args.attn)
+    agent = make_ppo(args)
     _, callback = agent._setup_learn(10**9, callback=None)
     watch = Stopwatch()
     watch.wrap(agent.policy, "forward", "policy_forward")
@@ -209,14 +218,16 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
     tokens = args.num_envs * args.new_tokens
 
     def rollout() -> float:
+        synchronize(args.device)
         start = time.perf_counter()
         agent.collect_rollouts(agent.env, callback, agent.rollout_buffer, agent.n_steps)
+        synchronize(args.device)
         return time.perf_counter() - start
 
     peft_model = agent.policy.model
     pad_id = int(agent.env.envs[0].pad_token_id)
-    input_ids, mask = _generate_inputs(args.num_envs)
-    plain_peft = _plain_peft_twin(agent.policy, args.n_positions)
+    input_ids, mask = _generate_inputs(args.num_envs, args.device)
+    plain_peft = _plain_peft_twin(agent.policy, args.n_positions, args.device)
 
     def generate() -> float:
         return _generate_once(peft_model, input_ids, mask, args.new_tokens, pad_id)
@@ -269,7 +280,10 @@ def bench_rollout(args: argparse.Namespace) -> dict[str, Any]:
         # The lowest bar: generate on a plain base model (no LoRA layers, default attention).
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(model_dir(args.n_positions)).eval()
+        base = AutoModelForCausalLM.from_pretrained(
+            model_dir(args.n_positions), dtype=agent.policy.dtype
+        ).to(args.device)
+        base.eval()
         attn = base.config._attn_implementation
         _generate_once(base, input_ids, mask, args.new_tokens, pad_id)  # warm-up
         floor = [_generate_once(base, input_ids, mask, args.new_tokens, pad_id) for _ in ours]
@@ -295,6 +309,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
             self.rss_mb: list[float] = []
 
         def _on_rollout_start(self) -> None:
+            synchronize(args.device)  # the last update's optimizer step belongs to it
             self.starts.append(time.perf_counter())
             self.rss_mb.append(current_rss_mb())
 
@@ -305,7 +320,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
             return True
 
     torch.manual_seed(0)
-    agent = make_ppo(args.num_envs, args.new_tokens, args.n_positions, args.attn)
+    agent = make_ppo(args)
     watch = Stopwatch()
     watch.wrap(agent, "train", "train")
     watch.wrap(agent.rollout_buffer, "apply_kl_penalty", "kl_reference")
@@ -314,6 +329,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     n_updates = args.warmup + args.updates
     start = time.perf_counter()
     agent.learn(total_timesteps=n_updates * tokens, callback=marks)
+    synchronize(args.device)
     end = time.perf_counter()
     bounds = [*marks.starts, end]
     update_s = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -359,10 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor", action="store_true", help="rollout: also time a plain base model"
     )
+    add_backend_args(parser)
     args = parser.parse_args(argv)
     set_threads()
     fn = {"env": bench_env, "rollout": bench_rollout, "e2e": bench_e2e}[args.mode]
-    emit(fn(args))
+    emit({**fn(args), "device": args.device, "dtype": args.dtype})
     return 0
 
 

@@ -23,6 +23,9 @@ Configuration, chosen to match our PPO run update for update:
   no gradient checkpointing (TRL's default trades speed for memory; ours does not checkpoint).
   The model is given as a path, so TRL loads it itself (float32, transformers' default
   attention). ``use_cpu=True``, no logging backends, no checkpoints.
+- ``--device cuda --dtype bfloat16`` (the GPU variant): ``use_cpu=False``, ``bf16=True`` and
+  ``model_init_kwargs={"dtype": "bfloat16"}``, so TRL loads bf16 base weights as ours does; peft
+  keeps the adapters float32 in both.
 
 Timing: a ``TrainerCallback`` stamps ``on_step_begin``/``on_step_end``; TRL generates inside the
 training step, so a step is generation + scoring + reference log-probs + forward/backward +
@@ -35,7 +38,17 @@ import argparse
 import time
 from typing import Any
 
-from common import TASK, e_fraction, emit, load_prompts, median, set_threads, task_paths
+from common import (
+    TASK,
+    add_backend_args,
+    e_fraction,
+    emit,
+    load_prompts,
+    median,
+    set_threads,
+    synchronize,
+    task_paths,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=TASK.new_tokens)
     parser.add_argument("--output-dir", default=None)
+    add_backend_args(parser)
     args = parser.parse_args(argv)
     set_threads()
 
@@ -73,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             self.end: list[float] = []
 
         def on_step_begin(self, *a: Any, **k: Any) -> None:
+            synchronize(args.device)
             self.begin.append(time.perf_counter())
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
+            synchronize(args.device)
             self.end.append(time.perf_counter())
 
     n_steps = args.warmup + args.steps
@@ -95,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             top_k=0,
             top_p=1.0,
             generation_kwargs={"min_new_tokens": args.new_tokens},
-            use_cpu=True,
-            bf16=False,
+            use_cpu=args.device == "cpu",
+            bf16=args.dtype == "bfloat16",
+            model_init_kwargs={"dtype": args.dtype},
             gradient_checkpointing=False,
             report_to="none",
             save_strategy="no",
@@ -131,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     emit(
         {
             "mode": "trl",
+            "device": args.device,
+            "dtype": args.dtype,
             "trl_version": trl.__version__,
             "transformers_version": transformers.__version__,
             "peft_version": peft.__version__,

@@ -205,9 +205,44 @@ class Stopwatch:
         return dict(self.totals)
 
 
+def add_backend_args(parser: Any) -> None:
+    """``--device`` / ``--dtype``: where and in what precision a worker runs the task.
+
+    The issue's task is float32 on the CPU (the defaults); ``--device cuda --dtype bfloat16`` is
+    the GPU variant, where the base weights are bf16 and the LoRA adapters stay float32 (peft's
+    default, in both libraries)."""
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="dtype of the base model's weights (default: float32)",
+    )
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued accelerator work, so that a host clock read next measures it."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _accelerator_info() -> dict[str, Any]:
+    """Peak accelerator memory and the device name, when this worker used CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {
+        "device_name": torch.cuda.get_device_name(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20,
+        "torch_version": torch.__version__,
+    }
+
+
 def emit(result: dict[str, Any]) -> None:
     """Print a worker's result for the orchestrator (see module docstring)."""
-    result = {**result, "peak_rss_mb": peak_rss_mb()}
+    result = {**result, **_accelerator_info(), "peak_rss_mb": peak_rss_mb()}
     sys.stdout.write(RESULT_MARKER + json.dumps(result) + "\n")
     sys.stdout.flush()
 

@@ -34,6 +34,35 @@ SECTIONS = ("env", "rollout", "e2e", "trl", "scaling")
 
 
 @dataclass(frozen=True)
+class Backend:
+    """Where every worker runs the task: the issue's float32 CPU task, or a variant of it
+    (``--device cuda --dtype bfloat16``), passed identically to ours and TRL."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    trl_python: Path = TRL_PYTHON
+
+    @property
+    def args(self) -> list[str]:
+        return ["--device", self.device, "--dtype", self.dtype]
+
+    @property
+    def is_default(self) -> bool:
+        return (self.device, self.dtype) == ("cpu", "float32")
+
+    @property
+    def label(self) -> str:
+        return f"{self.device}, {self.dtype}"
+
+
+#: Set once by :func:`main` from the command line.
+BACKEND = Backend()
+#: Every worker's result is appended here as it arrives, so that a run cut short (a time limit
+#: on a lent GPU, a closed terminal) keeps what it measured; removed when the run completes.
+PROGRESS: Path | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     """How much to measure. ``quick`` is a smoke test, not a measurement."""
 
@@ -108,15 +137,19 @@ def run_worker(python: Path | str, script: str, args: list[str], timeout: float)
     result = json.loads(lines[-1][len(RESULT_MARKER) :])
     result["worker_wall_s"] = wall
     result["cmd"] = label
+    if PROGRESS is not None:
+        with PROGRESS.open("a") as f:
+            f.write(json.dumps(result) + "\n")
     return result
 
 
 def ours(mode: str, *args: str | int, timeout: float = 3600) -> dict[str, Any]:
-    return run_worker(sys.executable, "bench_ours.py", [mode, *map(str, args)], timeout)
+    argv = [mode, *map(str, args), *BACKEND.args]
+    return run_worker(sys.executable, "bench_ours.py", argv, timeout)
 
 
 def trl_available() -> bool:
-    return TRL_PYTHON.exists()
+    return Path(BACKEND.trl_python).exists()
 
 
 def build_task() -> None:
@@ -155,14 +188,17 @@ def measure(plan: Plan, sections: set[str]) -> dict[str, Any]:
         if "trl" in sections:
             if not trl_available():
                 trl_rounds.append(
-                    {"error": f"{TRL_PYTHON} not found: run `bash benchmarks/setup_trl.sh` first"}
+                    {
+                        "error": f"{BACKEND.trl_python} not found: run "
+                        "`bash benchmarks/setup_trl.sh` first"
+                    }
                 )
                 continue
             trl_rounds.append(
                 run_worker(
-                    TRL_PYTHON,
+                    BACKEND.trl_python,
                     "bench_trl.py",
-                    ["--steps", str(plan.trl_steps), "--warmup", w],
+                    ["--steps", str(plan.trl_steps), "--warmup", w, *BACKEND.args],
                     timeout=3600,
                 )
             )
@@ -189,6 +225,8 @@ def merge_rounds(
     merged["tokens_per_s"] = merged[tokens_key] / merged[median_key]
     merged["measured_s"] = measured
     merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    if all("peak_gpu_mb" in r for r in ok):
+        merged["peak_gpu_mb"] = max(r["peak_gpu_mb"] for r in ok)
     for key in ("rollout_s", "train_s", "kl_reference_s"):
         if key in merged:
             merged[key] = median([r[key] for r in ok])
@@ -256,6 +294,8 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     if _ok(e2e) and _ok(trl):
         s["e2e_vs_trl"] = e2e["tokens_per_s"] / trl["tokens_per_s"]
         s["rss_vs_trl"] = e2e["peak_rss_mb"] / trl["peak_rss_mb"]
+        if "peak_gpu_mb" in e2e and "peak_gpu_mb" in trl:
+            s["gpu_memory_vs_trl"] = e2e["peak_gpu_mb"] / trl["peak_gpu_mb"]
     targets = [
         ("rollout >= 1.0x generate", s.get("rollout_vs_generate"), lambda v: v >= 1.0, "{:.2f}x"),
         ("end-to-end >= 1.5x TRL GRPO", s.get("e2e_vs_trl"), lambda v: v >= 1.5, "{:.2f}x"),
@@ -353,6 +393,8 @@ def tables(
                     ["", "tokens/s", "s / rollout"], rows))  # fmt: skip
 
     rows = []
+    # Peak accelerator memory (torch's allocator) beside the host's RSS, on a GPU backend.
+    gpu = any(_ok(r) and "peak_gpu_mb" in r for r in (e2e, trl))
     if _ok(e2e):
         rows.append(
             [
@@ -362,10 +404,11 @@ def tables(
                 _fmt(e2e["rollout_s"], "{:.2f}"),
                 _fmt(e2e["train_s"], "{:.2f}"),
                 _fmt(e2e["peak_rss_mb"]),
+                *([_fmt(e2e.get("peak_gpu_mb"))] if gpu else []),
             ]  # fmt: skip
         )
     elif e2e:
-        rows.append(["ours failed", e2e.get("error", ""), "", "", "", ""])
+        rows.append(["ours failed", e2e.get("error", ""), "", "", "", "", *([""] if gpu else [])])
     if _ok(trl):
         rows.append(
             [
@@ -375,17 +418,22 @@ def tables(
                 "-",
                 "-",
                 _fmt(trl["peak_rss_mb"]),
+                *([_fmt(trl.get("peak_gpu_mb"))] if gpu else []),
             ]  # fmt: skip
         )
     elif trl:
-        rows.append(["TRL not measured", trl.get("error", ""), "", "", "", ""])
+        rows.append(
+            ["TRL not measured", trl.get("error", ""), "", "", "", "", *([""] if gpu else [])]
+        )
     if "e2e_vs_trl" in summary:
         rows.append(["ratio ours / TRL (targets: >= 1.5x speed, <= 1.0x RSS)",
                      _fmt(summary["e2e_vs_trl"], "{:.2f}x"), "", "", "",
-                     _fmt(summary["rss_vs_trl"], "{:.2f}x")])  # fmt: skip
+                     _fmt(summary["rss_vs_trl"], "{:.2f}x"),
+                     *([_fmt(summary.get("gpu_memory_vs_trl"), "{:.2f}x")] if gpu else [])])  # fmt: skip
     if rows:
         out.append(("c/d. End-to-end updates (rollout + training), median update",
-                    ["", "tokens/s", "s / update", "rollout s", "train s", "peak RSS MiB"],
+                    ["", "tokens/s", "s / update", "rollout s", "train s", "peak RSS MiB",
+                     *(["peak GPU MiB"] if gpu else [])],
                     rows))  # fmt: skip
 
     scaling = res.get("scaling")
@@ -444,7 +492,12 @@ def tables(
         [t["target"], t["shown"], {True: "met", False: "NOT met", None: "not measured"}[t["met"]]]
         for t in summary["targets"]
     ]
-    out.append(("Targets (2-core CPU)", ["target", "measured", "status"], rows))
+    where = (
+        "2-core CPU"
+        if BACKEND.is_default
+        else f"set for the 2-core CPU; checked here on {BACKEND.label} for comparison"
+    )
+    out.append((f"Targets ({where})", ["target", "measured", "status"], rows))
     return out
 
 
@@ -475,6 +528,11 @@ def markdown(all_tables: list[tuple[str, list[str], list[list[str]]]], meta: dic
         f"{'quick (smoke) run' if meta['quick'] else 'full run'}.",
         "",
     ]
+    if meta.get("accelerator"):
+        lines[0] = lines[0].removesuffix(".") + (
+            f"; models on {meta['accelerator']} in {meta['backend']['dtype']} "
+            f"(torch {meta.get('accelerator_torch', '?')})."
+        )
     for title, header, rows in all_tables:
         lines += [f"**{title}**", ""]
         lines.append("| " + " | ".join(header) + " |")
@@ -494,6 +552,14 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def _results(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every worker result in ``res``, scaling points included."""
+    found = [v for v in res.values() if isinstance(v, dict)]
+    for point in res.get("scaling", []):
+        found += [v for v in (point["rollout"], point["e2e"]) if isinstance(v, dict)]
+    return found
 
 
 def _load() -> str:
@@ -517,7 +583,24 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(SECTIONS)}",
     )
     parser.add_argument("--output", type=Path, default=None, help="results JSON path")
+    parser.add_argument(
+        "--device", default="cpu", help="where ours and TRL run the models: cpu (default) or cuda"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="base weights' dtype for both contestants (default: float32, the issue's task)",
+    )
+    parser.add_argument(
+        "--trl-python",
+        type=Path,
+        default=TRL_PYTHON,
+        help="the Python that has TRL installed (default: benchmarks/.venv-trl)",
+    )
     args = parser.parse_args(argv)
+    global BACKEND
+    BACKEND = Backend(args.device, args.dtype, args.trl_python)
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     unknown = sections - set(SECTIONS)
     if unknown:
@@ -525,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.omp_passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     plan = QUICK if args.quick else FULL
-    output = args.output or (BENCH_DIR / ("results-quick.json" if args.quick else "results.json"))
+    stem = "results" if BACKEND.is_default else f"results-{BACKEND.device}-{BACKEND.dtype}"
+    output = args.output or (BENCH_DIR / f"{stem}{'-quick' if args.quick else ''}.json")
 
     meta = {
         **machine_info(),
@@ -535,20 +619,29 @@ def main(argv: list[str] | None = None) -> int:
         "threads": NUM_THREADS,
         "omp_wait_policy": worker_env().get("OMP_WAIT_POLICY", "unset (OpenMP default)"),
         "task": task_dict(),
+        "backend": {"device": BACKEND.device, "dtype": BACKEND.dtype},
         "plan": plan.__dict__,
     }
+    global PROGRESS
+    PROGRESS = output.with_suffix(".progress.jsonl")
+    PROGRESS.write_text("")
     print("building the benchmark task (cached after the first run) ...", file=sys.stderr)
     build_task()
     start = time.perf_counter()
     res = measure(plan, sections)
     meta["load_after"] = _load()
     meta["wall_s"] = time.perf_counter() - start
+    named = [r for r in _results(res) if "device_name" in r]
+    if named:
+        meta["accelerator"] = named[0]["device_name"]
+        meta["accelerator_torch"] = named[0].get("torch_version")
     summary = summarize(res)
     all_tables = tables(res, summary)
     print_tables(all_tables)
     output.write_text(json.dumps({"meta": meta, "summary": summary, "results": res}, indent=1))
     md = output.with_suffix(".md")
     md.write_text(markdown(all_tables, meta) + "\n")
+    PROGRESS.unlink(missing_ok=True)
     print(f"\nwrote {output} and {md} ({meta['wall_s']:.0f} s)", file=sys.stderr)
     failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
     return 1 if failed and not args.quick and failed != ["trl"] else 0
