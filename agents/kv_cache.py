@@ -32,6 +32,7 @@ fingerprint of the trainable parameters that the caller passes in.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -105,6 +106,29 @@ class LMCallResult(NamedTuple):
 #: With ``cache=None`` the call starts a fresh cache and returns its keys/values in ``past``;
 #: with a :class:`BufferCache` the model writes into it and ``past`` may be None.
 LMCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "BufferCache | None"], LMCallResult]
+
+
+def decode_attention(device: torch.device | str) -> AbstractContextManager[Any]:
+    """The attention kernels for incremental decoding on ``device``: all but cuDNN's on CUDA.
+
+    A rollout's key/value length grows by one token every step, and PyTorch's cuDNN attention
+    kernel (its first choice on Hopper GPUs) builds an execution graph for every new shape. On an
+    H200 with the benchmark task in bf16 that build was 11 ms of host time per attention call:
+    51-80 ms per decode step, against 7-11 ms with the memory-efficient kernel, in steps of one
+    512-token rollout interleaved between the two (``benchmarks/probe_decode.py``). Its graph
+    cache did not rescue it: a 512-token rollout measured after a warm-up ran at 0.21x
+    ``generate``. The flash, memory-efficient and math kernels need no per-shape build. Training
+    and evaluation forwards keep PyTorch's choice (their shapes repeat). A no-op off CUDA.
+    """
+    if torch.device(device).type != "cuda":
+        return nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no cuDNN attention kernel to avoid
+        return nullcontext()
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
 
 
 class RolloutKVCache:

@@ -63,7 +63,12 @@ from rlhf_gym.agents.distributions import (
     sample_with_log_prob,
 )
 from rlhf_gym.agents.fused import RolloutMerge, fuse_activations
-from rlhf_gym.agents.kv_cache import BufferCache, LMCallResult, RolloutKVCache
+from rlhf_gym.agents.kv_cache import (
+    BufferCache,
+    LMCallResult,
+    RolloutKVCache,
+    decode_attention,
+)
 from rlhf_gym.agents.lora import (
     apply_lora,
     disable_dropout,
@@ -373,14 +378,15 @@ class _LoRACore:
         kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
         if self._has_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            output_hidden_states=True,
-            **kwargs,
-        )
+        with decode_attention(input_ids.device):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                output_hidden_states=True,
+                **kwargs,
+            )
         logits = out.logits[:, -1].float()
         hidden = out.hidden_states[-1][:, -1].float()
         if cache is not None:

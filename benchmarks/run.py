@@ -60,6 +60,8 @@ BACKEND = Backend()
 #: Every worker's result is appended here as it arrives, so that a run cut short (a time limit
 #: on a lent GPU, a closed terminal) keeps what it measured; removed when the run completes.
 PROGRESS: Path | None = None
+#: ``--resume``: results of an interrupted run by worker command line, reused instead of rerun.
+RESUMED: dict[str, dict[str, Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ def run_worker(python: Path | str, script: str, args: list[str], timeout: float)
     """Run one worker; return its JSON result, or ``{"error": ...}`` with the stderr tail."""
     cmd = [str(python), str(BENCH_DIR / script), *args]
     label = " ".join([script, *args])
+    if label in RESUMED:
+        print(f"  reusing {label} (--resume)", file=sys.stderr, flush=True)
+        return RESUMED.pop(label)
     print(f"  running {label} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
@@ -533,6 +538,12 @@ def markdown(all_tables: list[tuple[str, list[str], list[list[str]]]], meta: dic
             f"; models on {meta['accelerator']} in {meta['backend']['dtype']} "
             f"(torch {meta.get('accelerator_torch', '?')})."
         )
+    if meta.get("resumed"):
+        lines[0] += (
+            f" {meta['resumed']} worker results were reused from the progress file of an "
+            "interrupted run (`--resume`): the CPU named here only assembled the tables; each "
+            "result names the device that measured it (`device_name` in the JSON)."
+        )
     for title, header, rows in all_tables:
         lines += [f"**{title}**", ""]
         lines.append("| " + " | ".join(header) + " |")
@@ -598,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
         default=TRL_PYTHON,
         help="the Python that has TRL installed (default: benchmarks/.venv-trl)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the results an interrupted run with the same --output left in its "
+        "progress file (*.progress.jsonl) and run only the missing workers",
+    )
     args = parser.parse_args(argv)
     global BACKEND
     BACKEND = Backend(args.device, args.dtype, args.trl_python)
@@ -624,7 +641,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     global PROGRESS
     PROGRESS = output.with_suffix(".progress.jsonl")
-    PROGRESS.write_text("")
+    if args.resume and PROGRESS.exists():
+        for line in PROGRESS.read_text().splitlines():
+            result = json.loads(line)
+            RESUMED[result["cmd"]] = result
+        meta["resumed"] = len(RESUMED)
+        print(f"--resume: {len(RESUMED)} results from {PROGRESS}", file=sys.stderr)
+    else:
+        PROGRESS.write_text("")
     print("building the benchmark task (cached after the first run) ...", file=sys.stderr)
     build_task()
     start = time.perf_counter()

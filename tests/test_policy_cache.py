@@ -166,3 +166,61 @@ def test_llama_family_model_cache_matches_full_forward(
             actions[step % 3] = EOS  # an env resets while the others extend
         obs, _, _, _ = env.step(actions)
     assert policy.kv_cache(3).tokens_fed_last == 3  # the last step only extended
+
+
+def test_decode_attention_leaves_out_cudnn_on_cuda_only() -> None:
+    """cuDNN's attention builds a graph per shape, and decoding changes shape every step."""
+    from rlhf_gym.agents.kv_cache import decode_attention
+
+    flags = torch.backends.cuda
+    before = (
+        flags.cudnn_sdp_enabled(),
+        flags.flash_sdp_enabled(),
+        flags.mem_efficient_sdp_enabled(),
+    )
+    with decode_attention(torch.device("cuda", 0)):
+        assert not flags.cudnn_sdp_enabled()
+        assert flags.flash_sdp_enabled() and flags.mem_efficient_sdp_enabled()
+        assert flags.math_sdp_enabled()
+    after = (
+        flags.cudnn_sdp_enabled(),
+        flags.flash_sdp_enabled(),
+        flags.mem_efficient_sdp_enabled(),
+    )
+    assert after == before
+    with decode_attention("cpu"):
+        assert flags.cudnn_sdp_enabled() == before[0]
+
+
+def test_every_cached_decode_call_runs_under_decode_attention(
+    tiny_tokenizer_dir: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prefill and each one-token extend pick their kernels through ``decode_attention``."""
+    import contextlib
+
+    from rlhf_gym.agents import policy as policy_module
+
+    n_envs = 2
+    env = make_env(tiny_tokenizer_dir, num_envs=n_envs, max_new_tokens=4)
+    policy = _policy(env, tiny_lm_dir)
+    seen: list[torch.device] = []
+    lm_calls = [0]
+    model_forward = policy.model.forward
+
+    def counting_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
+        lm_calls[0] += 1
+        return model_forward(*args, **kwargs)
+
+    def recording(device: torch.device):  # type: ignore[no-untyped-def]
+        seen.append(torch.device(device))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(policy_module, "decode_attention", recording)
+    monkeypatch.setattr(policy.model, "forward", counting_forward)
+    obs = env.reset()
+    for _ in range(3):
+        with torch.no_grad():
+            actions, _, _ = policy(to_tensor_obs(obs))
+        obs, _, _, _ = env.step(actions.numpy())
+    assert lm_calls[0] == 3  # one prefill, then one extend per step
+    assert seen == [policy.device] * 3
