@@ -266,6 +266,26 @@ class _LoRACore:
         return VocabCategoricalDistribution(int(action_space.n))  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ what SB3 sees
+    @property
+    def device(self) -> torch.device:
+        """SB3's definition (the device of the first parameter), without SB3's search for it.
+
+        ``BaseModel.device`` takes the first of ``parameters()``, which here (trainable ones
+        only) walks the frozen base's modules before it finds one; the policy asks twice per
+        rollout step, and the walk was 1.2% of a decode step on the benchmark task's model.
+        The trainable list is kept current by :meth:`_apply` (``.to()``) and weight changes.
+        """
+        watched = self.__dict__.get("_watched")
+        if not watched:
+            return super().device  # type: ignore[misc]
+        return watched[0].device
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Any:
+        result = super()._apply(fn, recurse)  # type: ignore[misc]
+        if "_watched" in self.__dict__:  # parameters may have been replaced, not moved in place
+            self._watched = self._trainable_parameters()
+        return result
+
     def named_parameters(  # type: ignore[override]
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
     ) -> Iterator[tuple[str, nn.Parameter]]:

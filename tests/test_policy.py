@@ -42,6 +42,17 @@ def test_only_trainable_weights_are_parameters_optimized_and_saved(env, tiny_lm_
     assert sum(p.numel() for p in frozen) > 10 * sum(p.numel() for p in policy.parameters())
 
 
+def test_device_is_sb3s_first_parameter_device_and_follows_moves(env, tiny_lm_dir: Path) -> None:
+    """The cached answer equals stable-baselines3's definition, also after ``.to()``."""
+    from stable_baselines3.common.policies import BaseModel
+
+    policy = build_policy(env, str(tiny_lm_dir))
+    assert policy.device == BaseModel.device.fget(policy) == torch.device("cpu")
+    policy.to("meta")  # a move target on every build, GPU or not
+    assert policy.device == BaseModel.device.fget(policy) == torch.device("meta")
+    assert all(p.device.type == "meta" for p in policy._watched)
+
+
 def test_dropout_is_off_and_model_stays_in_eval(env, tiny_lm_dir: Path) -> None:
     model = _tiny.build_lm(300, resid_pdrop=0.3, attn_pdrop=0.3, embd_pdrop=0.3)
     policy = build_policy(env, model)
