@@ -6,7 +6,8 @@ and a training step by the bytes its temporaries move. Two rewrites cut both wit
 what is computed beyond float rounding:
 
 - :func:`fuse_activations`: GPT-2-family ``gelu_new`` (six elementwise ops in transformers)
-  becomes the fused ``gelu(approximate="tanh")`` kernel, the same function;
+  becomes the fused ``gelu(approximate="tanh")`` kernel, the same function (without autograd on
+  a CPU, its faster sigmoid form: :func:`gelu_tanh`);
 - :func:`fuse_lora_forward`: a vanilla LoRA layer computes ``base(x) + s * B(A(x))`` with one
   in-place ``addmm_`` on the base output instead of peft's generic path (dropout module, a scaled
   temporary and an add, plus per-call Python bookkeeping for features such as mixed-adapter
@@ -37,6 +38,39 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers.activations import GELUTanh
+
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """``gelu(x, approximate="tanh")``, computed as ``x * sigmoid(2z)`` without autograd on a CPU.
+
+    ``(1 + tanh z) / 2 == sigmoid(2z)``, so with ``z = sqrt(2/pi) (x + 0.044715 x^3)`` this is
+    the same function. PyTorch's CPU ``tanh`` is several times slower than its ``sigmoid``
+    (3.4 ms against 1.0 ms for a ``[2016, 1024]`` float32 tensor on the benchmark machine), and
+    so is the fused GELU kernel built on it (3.8 ms); the sigmoid form, five in-place passes over
+    one temporary, takes 1.7 ms and differs from it by float rounding (max 4e-7 against a float64
+    reference, the kernel's own error 3.9e-7). Under autograd, for other dtypes and on
+    accelerators the fused kernel runs: its backward is one kernel too, and the gap is a CPU one.
+    ``x`` is only read.
+    """
+    if (
+        x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or (x.requires_grad and torch.is_grad_enabled())
+    ):
+        return F.gelu(x, approximate="tanh")
+    z = x * x
+    z.mul_(2 * 0.044715 * _SQRT_2_OVER_PI).add_(2 * _SQRT_2_OVER_PI).mul_(x)
+    return z.sigmoid_().mul_(x)
+
+
+class TanhGELU(GELUTanh):
+    """transformers' ``GELUTanh`` (still an instance of it), evaluated by :func:`gelu_tanh`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002  (torch's name)
+        return gelu_tanh(input)
 
 
 def fuse_activations(model: nn.Module) -> int:
@@ -45,16 +79,17 @@ def fuse_activations(model: nn.Module) -> int:
     ``NewGELUActivation`` writes the tanh-approximated GELU as six elementwise tensor ops, each
     a pass over the MLP's widest activation (and more in the backward); ``GELUTanh``
     (``gelu_pytorch_tanh``) is the same function in one kernel, and transformers documents the
-    two as equivalent up to rounding. The config is left as it is, so exports still name the
-    original activation. Returns the number of modules replaced.
+    two as equivalent up to rounding (the module here evaluates it with :func:`gelu_tanh`). The
+    config is left as it is, so exports still name the original activation. Returns the number of
+    modules replaced.
     """
-    from transformers.activations import GELUTanh, NewGELUActivation
+    from transformers.activations import NewGELUActivation
 
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is NewGELUActivation:
-                setattr(parent, name, GELUTanh())
+                setattr(parent, name, TanhGELU())
                 replaced += 1
     return replaced
 

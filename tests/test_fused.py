@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers.activations import GELUTanh, NewGELUActivation
 
@@ -68,6 +69,30 @@ def test_fuse_activations_swaps_gelu_new_for_the_same_function(ids: torch.Tensor
     assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
     assert sum(isinstance(m, GELUTanh) for m in model.modules()) == 2
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_gelu_tanh_is_the_tanh_gelu_with_and_without_autograd(grad: bool) -> None:
+    """The sigmoid form (no autograd, CPU float32) and the fused kernel compute the same GELU."""
+    from rlhf_gym.agents.fused import TanhGELU, gelu_tanh
+
+    x = (torch.randn(64, 300, dtype=torch.float64) * 4).float().requires_grad_(grad)
+    reference = F.gelu(x.detach().double(), approximate="tanh")
+    kept = x.detach().clone()
+    with torch.set_grad_enabled(grad):
+        y = TanhGELU()(x)
+    assert y.requires_grad == grad
+    torch.testing.assert_close(y.detach().double(), reference, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(x.detach(), kept, atol=0, rtol=0)  # the input is only read
+    if grad:
+        y.sum().backward()
+        expected = torch.autograd.functional.vjp(
+            lambda t: F.gelu(t, approximate="tanh"), x.detach().double(), torch.ones_like(reference)
+        )[1]
+        torch.testing.assert_close(x.grad.double(), expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        half = gelu_tanh(x.detach().bfloat16())  # other dtypes keep the fused kernel
+    torch.testing.assert_close(half, F.gelu(x.detach().bfloat16(), approximate="tanh"))
 
 
 def test_fused_lora_on_linear_layers_matches_peft_with_gradients() -> None:
