@@ -52,3 +52,19 @@ def test_backend_arguments_reach_every_worker(run_module) -> None:
     gpu = run.Backend("cuda", "bfloat16")
     assert gpu.args == ["--device", "cuda", "--dtype", "bfloat16"]
     assert not gpu.is_default and run.Backend().is_default
+
+
+def test_render_rebuilds_the_tables_of_a_recorded_run(run_module, tmp_path: Path) -> None:
+    """``--render`` recomputes summary and tables from a results JSON, measuring nothing."""
+    run = run_module
+    recorded = json.loads((BENCH_DIR / "results.json").read_text())
+    path = tmp_path / "results.json"
+    recorded["summary"] = {}
+    path.write_text(json.dumps(recorded))
+    assert run.main(["--render", str(path)]) == 0
+    summary = json.loads(path.read_text())["summary"]
+    rollout = summary["rollout_vs_generate"]
+    assert rollout == pytest.approx(recorded["results"]["rollout"]["ratio"])
+    target = next(t for t in summary["targets"] if t["target"].startswith("rollout"))
+    assert target["shown"] == f"{rollout:.3f}x" and target["met"] == (rollout >= 1.0)
+    assert f"| {target['shown']} |" in path.with_suffix(".md").read_text()
