@@ -8,9 +8,9 @@
 # (wheels, shim, one Python for both contestants) on a CPU machine before spending GPU time.
 #
 # Meant for a machine that already has a CUDA build of torch in `python3` (a lent GPU box with no
-# package index): the other packages come from wheels in `.whl/` when that folder exists (see
-# benchmarks/README.md, "On a GPU"; benchmarks/fetch_gpu_wheels.sh), else from what `python3` has. rlhf_gym runs from
-# this checkout without being installed. TRL runs in the same Python as ours here: the machine
+# package index): the other packages come from wheels in `.whl/` when that folder exists
+# (benchmarks/fetch_gpu_wheels.sh; benchmarks/README.md, "On a GPU"), else from what `python3`
+# has. rlhf_gym runs from this checkout without being installed. TRL runs in the same Python as ours here: the machine
 # is throwaway, so the separate-venv rule that keeps TRL out of the library's environment is
 # kept by never installing either into a lasting environment.
 #
