@@ -2,7 +2,7 @@
 
 On a CPU, and for the small and medium models RL fine-tuning runs on, a decode step is bound by
 the number of tensor operations (each costs a dispatch and, on OpenMP builds, a thread wake-up)
-and a training step by the bytes its temporaries move. Two rewrites cut both without changing
+and a training step by the bytes its temporaries move. These rewrites cut both without changing
 what is computed beyond float rounding:
 
 - :func:`fuse_activations`: GPT-2-family ``gelu_new`` (six elementwise ops in transformers)

@@ -154,7 +154,7 @@ def ours(mode: str, *args: str | int, timeout: float = 3600) -> dict[str, Any]:
 
 
 def trl_available() -> bool:
-    return Path(BACKEND.trl_python).exists()
+    return BACKEND.trl_python.exists()
 
 
 def build_task() -> None:
