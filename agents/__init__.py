@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from rlhf_gym.agents.algorithms import (
     A2C,
+    GRPO,
     PPO,
+    RLOO,
+    TRPO,
+    GroupRelativePO,
+    REINFORCEpp,
     TRPO,
     AlgorithmSpec,
     KLControlMixin,
@@ -36,8 +41,12 @@ from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy
 __all__ = [
     "A2C",
     "DEFAULT_LORA",
+    "GRPO",
     "PPO",
+    "REINFORCEpp",
+    "RLOO",
     "TRPO",
+    "GroupRelativePO",
     "AdaptiveKLController",
     "AlgorithmSpec",
     "FixedKLController",

@@ -1,7 +1,9 @@
 """The algorithm registry and :func:`make_agent`: swap RL algorithms by name, nothing else.
 
 Built-ins: ``"ppo"`` and ``"a2c"`` (stable-baselines3), ``"trpo"`` and ``"maskable_ppo"``
-(sb3-contrib). Each is the library's class with :class:`KLControlMixin` in front, which adds
+(sb3-contrib), and the critic-free group-relative family ``"grpo"``, ``"rloo"`` and
+``"reinforce_pp"`` (:mod:`rlhf_gym.agents.group_algorithms`; they need an env in rounds,
+``make_vec_env(n, group_size=k)``). Each is the library's class with :class:`KLControlMixin` in front, which adds
 the ``kl_coef``/``kl_target``/``kl_horizon`` arguments and a KL-shaping rollout buffer
 (:mod:`rlhf_gym.agents.kl`); everything else is the stock algorithm, so ``learn``, ``save``,
 ``load``, callbacks and loggers behave as documented by stable-baselines3.
@@ -11,10 +13,10 @@ reward arrives at the end of a short, finite episode, so discounting would only 
 answers), ``gae_lambda=0.95``, ``ent_coef=0.0``, a LoRA-sized learning rate (2e-4), Adam rather
 than A2C's RMSprop, and rollout sizes of a few episodes per env.
 
-New algorithms (GRPO, RLOO...) join with :func:`register_algorithm`::
+New algorithms join with :func:`register_algorithm`::
 
-    @register_algorithm("rloo", policy=LoRAPolicy, defaults={"n_steps": 64})
-    class RLOO(OnPolicyAlgorithm): ...
+    @register_algorithm("my_ppo", policy=LoRAPolicy, defaults={"n_steps": 64})
+    class MyPPO(sb3.PPO): ...
 
 A registered class that is not already a :class:`KLControlMixin` gets the mixin in front of it,
 so the KL penalty works for it as long as it uses a rollout buffer (``kl=False`` opts out, for
@@ -42,6 +44,13 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import VecEnv
 from transformers import PreTrainedModel
 
+from rlhf_gym.agents.group_algorithms import (
+    GRPO,
+    RLOO,
+    GroupRelativePO,
+    REINFORCEpp,
+    class_for_baseline,
+)
 from rlhf_gym.agents.kl import (
     KLDictRolloutBuffer,
     KLMaskableDictRolloutBuffer,
@@ -83,6 +92,14 @@ class KLControlMixin:
             maskable = isinstance(self, _SB3MaskablePPO)
             self.rollout_buffer_class = (
                 KLMaskableDictRolloutBuffer if maskable else KLDictRolloutBuffer
+            )
+        env = getattr(self, "env", None)
+        if env is not None and getattr(env, "rounds", False):
+            raise ValueError(
+                f"{type(self).__name__} steps every env as a live episode and would learn from "
+                f"the idle steps of an env in rounds (group_size={getattr(env, 'group_size', 1)}); "
+                "build the env with make_vec_env(n) (group_size=1), or pick a group algorithm: "
+                "grpo, rloo, reinforce_pp."
             )
         super()._setup_model()  # type: ignore[misc]
         if not isinstance(self.rollout_buffer, KLShapingMixin):
@@ -332,6 +349,8 @@ def load_agent(
 
 
 def _class_from_data(data: Mapping[str, Any]) -> type[BaseAlgorithm]:
+    if "loss_type" in data and "baseline" in data:
+        return class_for_baseline(str(data["baseline"]))
     if "cg_max_steps" in data:
         return TRPO
     buffer_class = data.get("rollout_buffer_class")
@@ -388,3 +407,11 @@ register_algorithm(
         "cg_max_steps": 2,
     },
 )(TRPO)
+#: The group-relative family: critic-free, an env in rounds (``make_vec_env(n, group_size=k)``).
+#: Defaults fit LoRA on small models (the default task); each class sets its method's options.
+_GROUP_DEFAULTS = {"learning_rate": 2e-4, "num_iterations": 1}
+register_algorithm("grpo", policy=LoRAPolicy, defaults=_GROUP_DEFAULTS, kl=False)(GRPO)
+register_algorithm("rloo", policy=LoRAPolicy, defaults=_GROUP_DEFAULTS, kl=False)(RLOO)
+register_algorithm("reinforce_pp", policy=LoRAPolicy, defaults=_GROUP_DEFAULTS, kl=False)(
+    REINFORCEpp
+)

@@ -24,10 +24,15 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 
 
 def export_adapter(policy: _LoRACore, save_directory: str | os.PathLike[str]) -> str:
-    """Write the LoRA adapter (peft format) and the value head; return the directory."""
+    """Write the LoRA adapter (peft format) and the value head if any; return the directory.
+
+    A critic-free policy (GRPO, RLOO, REINFORCE++) has no value head and writes no head file.
+    """
     path = Path(save_directory)
     path.mkdir(parents=True, exist_ok=True)
     policy.model.save_pretrained(str(path), safe_serialization=True)
+    if policy.value_head is None:
+        return str(path)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}
     save_file(state, str(path / VALUE_HEAD_FILE))
     return str(path)

@@ -42,6 +42,7 @@ import inspect
 import os
 import warnings
 from collections import OrderedDict
+from contextlib import nullcontext
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -130,7 +131,7 @@ class _LoRACore:
         model: str | os.PathLike[str] | PreTrainedModel | None = None,
         lora: LoraConfig | Mapping[str, Any] | None = None,
         *,
-        value_head: ValueHead = "linear",
+        value_head: ValueHead | None = "linear",
         value_trunk: Literal["detached", "shared"] = "detached",
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = "sdpa",
@@ -138,6 +139,7 @@ class _LoRACore:
         use_kv_cache: bool = True,
         merge_for_rollout: bool = True,
         eval_chunk_size: int = 64,
+        logit_memory_mb: float = 256.0,
         use_sde: bool = False,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -150,6 +152,8 @@ class _LoRACore:
         :param value_head: ``"linear"`` (one ``Linear(hidden, 1)``) or ``"mlp"``
             (``Linear-Tanh-Linear``), always in float32. Its output layer starts near zero, so
             the first advantages are the (discounted) rewards rather than a random head's noise.
+            ``None``: critic-free (GRPO, RLOO, REINFORCE++): no head is built, trained or saved,
+            and values are zeros that no forward computed.
         :param value_trunk: ``"detached"`` (default): the value head reads the LM's hidden state
             but its loss does not train the adapter. With a shared trunk the value loss (the
             squared error of whole-episode rewards) outweighs the policy loss by orders of
@@ -167,6 +171,9 @@ class _LoRACore:
             weights while a rollout runs (freed before training); turn it off when the model
             barely fits in memory. Training and the KL reference never use it.
         :param eval_chunk_size: sequences per forward in training-time evaluation.
+        :param logit_memory_mb: budget of one ``[tokens, vocab]`` float32 block when whole
+            responses are scored (:meth:`score_responses`); the vocabulary projection runs in
+            chunks of tokens that fit it.
         :param use_sde: must be False (kept because stable-baselines3 always passes it).
         """
         if use_sde:
@@ -212,9 +219,14 @@ class _LoRACore:
         self.merge_for_rollout = bool(merge_for_rollout)
         self._rollout_merge = RolloutMerge(self.model)
         self.eval_chunk_size = int(eval_chunk_size)
+        if logit_memory_mb <= 0:
+            raise ValueError(f"logit_memory_mb must be > 0, got {logit_memory_mb}")
+        self.logit_memory_mb = float(logit_memory_mb)
         self.value_head_kind = value_head
         hidden = int(base.config.get_text_config().hidden_size)
-        self.value_head = self._make_value_head(value_head, hidden)
+        self.value_head: nn.Module | None = (
+            None if value_head is None else self._make_value_head(value_head, hidden)
+        )
         if value_trunk not in ("detached", "shared"):
             raise ValueError(f"value_trunk must be 'detached' or 'shared', got {value_trunk!r}.")
         self.value_trunk = value_trunk
@@ -260,6 +272,8 @@ class _LoRACore:
         return head
 
     def _value(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.value_head is None:  # critic-free: values are never used
+            return hidden.new_zeros(hidden.shape[0], 1)
         return self.value_head(hidden.detach() if self.value_trunk == "detached" else hidden)
 
     def _make_action_dist(self, action_space: spaces.Space) -> Any:
@@ -300,7 +314,8 @@ class _LoRACore:
 
     def _trainable_state_names(self) -> set[str]:
         names = {name for name, _ in self.named_parameters()}
-        names |= {f"value_head.{name}" for name, _ in self.value_head.named_buffers()}
+        if self.value_head is not None:
+            names |= {f"value_head.{name}" for name, _ in self.value_head.named_buffers()}
         return names
 
     def state_dict(  # type: ignore[override]
@@ -348,6 +363,7 @@ class _LoRACore:
             use_kv_cache=self.use_kv_cache,
             merge_for_rollout=self.merge_for_rollout,
             eval_chunk_size=self.eval_chunk_size,
+            logit_memory_mb=self.logit_memory_mb,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
         )
@@ -580,6 +596,64 @@ class _LoRACore:
         log_prob = log_prob_of(logits, actions, action_masks=masks, rows=rows)
         return log_prob, None, hidden, order
 
+    # ------------------------------------------------------------------ whole responses
+    def score_responses(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_lens: torch.Tensor,
+        response_lens: torch.Tensor,
+        *,
+        entropy: bool = False,
+        reference: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs of whole responses, one forward per sequence (group algorithms).
+
+        Sequences go through the model ``eval_chunk_size`` at a time; within a forward the
+        vocabulary projection stays under ``logit_memory_mb``
+        (:func:`~rlhf_gym.agents.response_scoring.score_responses`). ``reference=True`` scores
+        under the base model (the adapter disabled, no gradients): the KL reference.
+
+        :param input_ids: ``[B, W]`` right-padded ``prompt + response`` ids.
+        :param attention_mask: ``[B, W]``.
+        :param prompt_lens: ``[B]``; :param response_lens: ``[B]`` (each at least 1).
+        :return: ``([B, T] log-probs, [B, T] entropies or None)``, T = the longest response.
+        """
+        from rlhf_gym.agents.response_scoring import score_responses
+
+        ids = input_ids.to(self.device).long()
+        mask = attention_mask.to(self.device).long()
+        prompt_lens = prompt_lens.to(self.device).long()
+        response_lens = response_lens.to(self.device).long()
+        longest = int(response_lens.max())
+        parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        context = self.model.disable_adapter() if reference else nullcontext()
+        grad = torch.no_grad() if reference else nullcontext()
+        with context, grad:
+            for start in range(0, ids.shape[0], self.eval_chunk_size):
+                rows = slice(start, start + self.eval_chunk_size)
+                width = int((prompt_lens[rows] + response_lens[rows]).max())
+                lp, ent = score_responses(
+                    self.model,
+                    ids[rows, :width],
+                    mask[rows, :width],
+                    prompt_lens[rows],
+                    response_lens[rows],
+                    budget_mb=self.logit_memory_mb,
+                    entropy=entropy,
+                )
+                pad = longest - lp.shape[1]
+                parts.append(
+                    (
+                        torch.nn.functional.pad(lp, (0, pad)),
+                        None if ent is None else torch.nn.functional.pad(ent, (0, pad)),
+                    )
+                )
+        log_prob = torch.cat([p[0] for p in parts])
+        if not entropy:
+            return log_prob, None
+        return log_prob, torch.cat([p[1] for p in parts])  # type: ignore[misc]
+
     # ------------------------------------------------------------------ distributions
     def _distribution(self, logits: torch.Tensor, action_masks: Any = None) -> Any:
         dist = self.action_dist.proba_distribution(action_logits=logits)
@@ -588,6 +662,8 @@ class _LoRACore:
         return dist
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
+        if self.value_head is None:  # critic-free: no forward for values nobody reads
+            return torch.zeros(int(obs["input_ids"].shape[0]), 1, device=self.device)  # type: ignore[index]
         unused = self.bootstrap_unused
         if unused is not None and not torch.is_grad_enabled():
             batch = int(obs["input_ids"].shape[0])  # type: ignore[index]

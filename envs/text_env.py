@@ -236,6 +236,14 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
             self._final_info(output, 0),
         )
 
+    def draw_prompt_index(self) -> int:
+        """Draw the next prompt index from this env's seeded sampler without starting an episode.
+
+        The vector env in rounds uses its first env's sampler for every group, so that the groups
+        of a round answer different prompts (each once per epoch with ``sampling="epoch"``).
+        """
+        return self._sampler.draw(self.np_random)
+
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None

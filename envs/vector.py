@@ -17,6 +17,26 @@ Two faces over the same engine:
 Decision: ``SB3VecEnv`` reports ``TimeLimit.truncated=False`` when a response hits
 ``max_new_tokens``. The score given at that step is the whole return of the episode (nothing
 follows a finished response), so SB3 must not bootstrap a value after it.
+
+Groups and rounds (``group_size=k``, for GRPO, RLOO and the like): envs ``[g*k, (g+1)*k)`` form
+group ``g`` and answer the same prompt. The env then runs in *rounds*: at the start of a round
+each group draws one prompt from its leader's (seeded) sampler and hands it to its k members; a
+member whose answer ends (EOS, stop string, ``max_new_tokens``) is scored as usual and then
+*idles* until every env of the round has finished; then the next round starts, in the step in
+which the last env finished. Why rounds rather than handing a prompt to the next k resets
+wherever they happen: a group-relative update may only use complete groups sampled by the
+policy of that update. With rounds, a rollout made of whole rounds never leaves a group
+half-answered: nothing is thrown away and nothing stale is reused. The price is the idle steps,
+the same padding that batched ``model.generate`` pays after a row's EOS; it is reported as
+``rollout/idle_share`` by the group algorithms and measured in ``benchmarks/``.
+
+An idle env ignores its action, gets reward 0 and is not done; its observation is its finished
+sequence followed by one pad token per idle step (``attention_mask`` 1 there), so a KV-cached
+policy extends every row by one token per step instead of re-reading idle rows. ``idle`` (the
+envs whose action this step ignored) is in the step's info. ``group_size=1, rounds=True`` gives
+rounds of independent prompts (REINFORCE++). Stable-baselines3's own algorithms step every env
+as a live episode, so they refuse an env in rounds; with ``group_size=1`` (the default) the env
+behaves as it always has.
 """
 
 from __future__ import annotations
@@ -39,13 +59,27 @@ class TextGenerationVectorEnv(VectorEnv):
     Takes the keyword arguments of :class:`TextGenerationEnv`. The tokenizer, the compiled prompt
     set and the reward (and any reward model it loads) are built once and shared. Sub-env ``i`` is
     seeded with ``seed + i``.
+
+    :param num_envs: episodes stepped together.
+    :param group_size: envs that answer each prompt (k); must divide ``num_envs``. ``k > 1``
+        turns rounds on (see the module docstring).
+    :param rounds: run in rounds (default: ``group_size > 1``); ``rounds=False`` with groups is
+        refused, since groups only stay intact in rounds.
     """
 
     metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
 
-    def __init__(self, num_envs: int = 1, **env_kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        group_size: int = 1,
+        rounds: bool | None = None,
+        **env_kwargs: Any,
+    ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.group_size, self.rounds = _check_groups(num_envs, group_size, rounds)
         first = TextGenerationEnv(**env_kwargs)
         shared = dict(
             env_kwargs, tokenizer=first.tokenizer, prompts=first.dataset, reward=first.reward_fn
@@ -63,6 +97,19 @@ class TextGenerationVectorEnv(VectorEnv):
         self.action_space = batch_space(first.action_space, num_envs)
         self.reward_calls = 0  # number of reward calls made, for tests and benchmarks
         self._episode_start = np.zeros(num_envs)
+        self._idle = np.zeros(num_envs, dtype=bool)  # finished, waiting for the round to end
+        self._idle_steps = np.zeros(num_envs, dtype=np.int64)  # pad tokens shown after the end
+        self._group_ids = np.zeros(num_envs, dtype=np.int64)
+        self._next_group_id = 0
+
+    @property
+    def num_groups(self) -> int:
+        return self.num_envs // self.group_size
+
+    @property
+    def idle(self) -> np.ndarray:
+        """Envs that have finished their answer and wait for the round to end (rounds only)."""
+        return self._idle.copy()
 
     def reset(
         self,
@@ -71,12 +118,46 @@ class TextGenerationVectorEnv(VectorEnv):
         options: dict[str, Any] | None = None,
     ) -> tuple[Obs, dict[str, Any]]:
         seeds = _seeds(seed, self.num_envs)
-        infos: dict[str, Any] = {}
-        for i, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
-            _, info = env.reset(seed=s, options=options)
-            infos = self._add_info(infos, info, i)
+        if seed is not None:
+            self._next_group_id = 0
+        if self.rounds:
+            infos = self._start_round(seeds, options)
+        else:
+            infos = {}
+            for i, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
+                _, info = env.reset(seed=s, options=options)
+                infos = self._add_info(infos, info, i)
         self._episode_start[:] = time.perf_counter()
         return self._stack(), infos
+
+    def _start_round(
+        self, seeds: Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Draw one prompt per group from the first env's sampler; a group's k envs answer it.
+
+        One sampler for all groups (not one per leader) keeps a round's prompts distinct and
+        serves each prompt once per epoch across the whole vector env.
+        """
+        k = self.group_size
+        if seeds is not None and any(s is not None for s in seeds):
+            for env, s in zip(self.envs, seeds, strict=True):
+                env.reset(seed=s, options={"prompt_index": 0})  # seed only; restarted below
+        if options and "prompt_index" in options:
+            indices = [int(options["prompt_index"])] * self.num_groups
+        else:
+            indices = [self.envs[0].draw_prompt_index() for _ in range(self.num_groups)]
+        infos: dict[str, Any] = {}
+        for g, index in enumerate(indices):
+            for i in range(g * k, (g + 1) * k):
+                self.envs[i].reset(options={"prompt_index": index})
+                infos = self._add_info(
+                    infos, {"prompt_index": index, "group_id": self._next_group_id}, i
+                )
+            self._group_ids[g * k : (g + 1) * k] = self._next_group_id
+            self._next_group_id += 1
+        self._idle[:] = False
+        self._idle_steps[:] = 0
+        return infos
 
     def step(
         self, actions: np.ndarray
@@ -88,10 +169,14 @@ class TextGenerationVectorEnv(VectorEnv):
             )
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
+        idle = self._idle.copy()
         for i, env in enumerate(self.envs):
+            if idle[i]:
+                self._idle_steps[i] += 1
+                continue
             terminated[i], truncated[i] = env._advance(actions[i])
         rewards = np.zeros(self.num_envs, dtype=np.float64)
-        infos: dict[str, Any] = {}
+        infos: dict[str, Any] = {"idle": idle} if self.rounds else {}
         done = np.flatnonzero(terminated | truncated)
         if len(done):
             finished = [self.envs[i] for i in done]
@@ -107,12 +192,20 @@ class TextGenerationVectorEnv(VectorEnv):
                     "l": env._n_new,
                     "t": now - self._episode_start[i],
                 }
+                if self.rounds:
+                    final_info["group_id"] = int(self._group_ids[i])
                 infos = self._add_info(
                     infos, {"final_obs": env._obs(), "final_info": final_info}, int(i)
                 )
+                if self.rounds:
+                    self._idle[i] = True
+                    continue
                 _, reset_info = env.reset()
                 infos = self._add_info(infos, reset_info, int(i))
                 self._episode_start[i] = now
+            if self.rounds and self._idle.all():
+                infos.update(self._start_round())  # the next round starts in this step
+                self._episode_start[:] = now
         return self._stack(), rewards, terminated, truncated, infos
 
     def action_masks(self) -> np.ndarray:
@@ -127,10 +220,18 @@ class TextGenerationVectorEnv(VectorEnv):
             env.close()
 
     def _stack(self) -> Obs:
-        return {
+        obs = {
             "input_ids": np.stack([env._ids for env in self.envs]),
             "attention_mask": np.stack([env._mask for env in self.envs]),
         }
+        for i in np.flatnonzero(self._idle_steps):
+            # An idle env shows its finished sequence plus one pad token per idle step.
+            env = self.envs[i]
+            end = env._prompt_len + env._n_new
+            tail = slice(end, end + int(self._idle_steps[i]))
+            obs["input_ids"][i, tail] = env.pad_token_id
+            obs["attention_mask"][i, tail] = 1
+        return obs
 
 
 class SB3VecEnv(VecEnv):
@@ -147,6 +248,16 @@ class SB3VecEnv(VecEnv):
     @property
     def envs(self) -> list[TextGenerationEnv]:
         return self.vector_env.envs
+
+    @property
+    def group_size(self) -> int:
+        """Envs answering each prompt (see the module docstring on groups and rounds)."""
+        return self.vector_env.group_size
+
+    @property
+    def rounds(self) -> bool:
+        """Whether the env runs in rounds (finished envs idle until every env has finished)."""
+        return self.vector_env.rounds
 
     def reset(self) -> Obs:
         seeds = list(self._seeds)
@@ -169,6 +280,9 @@ class SB3VecEnv(VecEnv):
             info["terminal_observation"] = vinfos["final_obs"][i]
             info["TimeLimit.truncated"] = False
             infos[i] = info
+        if "idle" in vinfos:
+            for i in np.flatnonzero(vinfos["idle"]):
+                infos[i]["idle"] = True
         return obs, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:
@@ -231,13 +345,43 @@ def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
     return seeds
 
 
-def make_vec_env(num_envs: int = 1, *, seed: int | None = None, **env_kwargs: Any) -> SB3VecEnv:
+def _check_groups(num_envs: int, group_size: int, rounds: bool | None) -> tuple[int, bool]:
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise TypeError(f"group_size must be an int >= 1, got {group_size!r}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if num_envs % group_size:
+        lower = num_envs - num_envs % group_size
+        raise ValueError(
+            f"group_size={group_size} does not divide num_envs={num_envs}: each group of "
+            f"{group_size} envs answers one prompt; use num_envs={lower or group_size} or "
+            f"{lower + group_size}, or a group_size that divides {num_envs}"
+        )
+    if rounds is False and group_size > 1:
+        raise ValueError(
+            f"group_size={group_size} needs rounds=True (the default for groups): only in rounds "
+            "do the k answers of a prompt stay together"
+        )
+    return int(group_size), bool(group_size > 1 if rounds is None else rounds)
+
+
+def make_vec_env(
+    num_envs: int = 1,
+    *,
+    seed: int | None = None,
+    group_size: int = 1,
+    rounds: bool | None = None,
+    **env_kwargs: Any,
+) -> SB3VecEnv:
     """A stable-baselines3 ``VecEnv`` of ``num_envs`` text-generation episodes (batched scoring).
 
     ``env_kwargs`` are those of :class:`TextGenerationEnv`. ``seed`` seeds sub-env ``i`` with
-    ``seed + i`` at the first reset.
+    ``seed + i`` at the first reset. ``group_size=k`` makes every drawn prompt be answered by k
+    envs, in rounds (see the module docstring); ``rounds=True`` alone gives rounds of k=1.
     """
-    venv = SB3VecEnv(TextGenerationVectorEnv(num_envs, **env_kwargs))
+    venv = SB3VecEnv(
+        TextGenerationVectorEnv(num_envs, group_size=group_size, rounds=rounds, **env_kwargs)
+    )
     if seed is not None:
         venv.seed(seed)
     return venv

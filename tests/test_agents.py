@@ -30,7 +30,9 @@ def test_list_algorithms_has_the_four_builtins() -> None:
 def test_unknown_algorithm_suggests_close_names() -> None:
     with pytest.raises(ValueError, match=r"Unknown algorithm 'ppo2'.*Did you mean 'ppo'"):
         get_algorithm("ppo2")
-    with pytest.raises(ValueError, match="Available: a2c, maskable_ppo, ppo, trpo"):
+    with pytest.raises(
+        ValueError, match="Available: a2c, grpo, maskable_ppo, ppo, reinforce_pp, rloo, trpo"
+    ):
         make_agent("sac", None, model="unused")  # type: ignore[arg-type]
 
 

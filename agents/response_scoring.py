@@ -1,0 +1,147 @@
+"""Log-probs of whole responses: one forward per sequence, the vocabulary projection in chunks.
+
+The group algorithms (:mod:`rlhf_gym.agents.group_algorithms`) keep episodes, not transitions:
+each is the final sequence ``prompt + response``. Scoring one costs one forward of the model's
+trunk; the next-token log-prob of response token ``j`` is read at position ``prompt_len + j - 1``.
+
+Memory follows a budget, not the vocabulary: the trunk is asked for no logits
+(``logits_to_keep=1``) and the LM head is applied to the hidden states of the scored tokens in
+chunks of at most ``max(1, budget // (vocab * 12 bytes))`` tokens (a float32 ``[chunk, vocab]``
+block plus the softmax temporaries). With gradients each chunk runs under activation
+checkpointing, so autograd keeps only the chunk's ``[chunk, hidden]`` input and recomputes the
+``[chunk, vocab]`` block in backward: peak memory is one block, not ``[tokens, vocab]``. When
+every token fits in one block the chunk runs without checkpointing (nothing to save).
+
+The last hidden state the model reports is the LM head's input (checked for GPT-2 and Llama in
+the tests); models that post-process logits with a soft cap (Gemma 2/3's
+``final_logit_softcapping``) get the same cap applied here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+#: Bytes per vocabulary entry of a scored token: float32 logits, exp and one temporary.
+_BYTES_PER_LOGIT = 12
+
+
+def tokens_per_chunk(vocab: int, budget_mb: float) -> int:
+    """How many tokens one ``[chunk, vocab]`` block may hold under ``budget_mb`` MiB."""
+    return max(1, int(budget_mb * 2**20) // (vocab * _BYTES_PER_LOGIT))
+
+
+def _score_chunk(
+    head: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, softcap: float | None, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden).float()  # [c, vocab]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    lse = torch.logsumexp(logits, dim=-1)  # [c]
+    log_prob = logits.gather(-1, tokens[:, None]).squeeze(-1) - lse  # [c]
+    if not entropy:
+        return log_prob, torch.zeros_like(log_prob)
+    probs = torch.softmax(logits, dim=-1)
+    return log_prob, lse - (probs * logits).sum(-1)
+
+
+def chunked_log_probs(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    chunk: int,
+    entropy: bool = False,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log p(tokens)`` (and the entropy) from the LM head applied to ``hidden`` chunk by chunk.
+
+    :param head: the LM's output embedding module (``model.get_output_embeddings()``).
+    :param hidden: ``[T, hidden]`` the LM head's inputs at the positions that predict ``tokens``.
+    :param tokens: ``[T]`` the tokens whose log-probs are wanted.
+    :param chunk: tokens per ``[chunk, vocab]`` block (see :func:`tokens_per_chunk`).
+    :return: ``([T] log-probs, [T] entropies or None)`` in float32.
+    """
+    n = hidden.shape[0]
+    if n == 0:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if entropy else None)
+    recompute = torch.is_grad_enabled() and n > chunk
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in range(0, n, chunk):
+        h, t = hidden[start : start + chunk], tokens[start : start + chunk]
+        if recompute:
+            out = checkpoint(_score_chunk, head, h, t, softcap, entropy, use_reentrant=False)
+        else:
+            out = _score_chunk(head, h, t, softcap, entropy)
+        parts.append(out)  # type: ignore[arg-type]
+    log_prob = torch.cat([p[0] for p in parts])
+    return log_prob, (torch.cat([p[1] for p in parts]) if entropy else None)
+
+
+def response_positions(
+    prompt_lens: torch.Tensor, response_lens: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(positions [B, T], valid [B, T])``: where response token j of row b sits, T = longest.
+
+    ``positions[b, j] = prompt_lens[b] + j`` (clamped into ``[0, width)`` where not valid).
+    """
+    longest = int(response_lens.max()) if response_lens.numel() else 0
+    j = torch.arange(longest, device=prompt_lens.device)
+    positions = prompt_lens[:, None] + j[None, :]  # [B, T]
+    valid = j[None, :] < response_lens[:, None]  # [B, T]
+    return positions.clamp(max=width - 1), valid
+
+
+def score_responses(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_lens: torch.Tensor,
+    response_lens: torch.Tensor,
+    *,
+    budget_mb: float,
+    entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs of each row's response under ``model``, one forward for the batch.
+
+    :param input_ids: ``[B, W]`` right-padded ``prompt + response`` sequences.
+    :param attention_mask: ``[B, W]`` 1 on the real tokens.
+    :param prompt_lens: ``[B]`` prompt tokens per row (a response starts there).
+    :param response_lens: ``[B]`` response tokens per row (at least 1).
+    :param budget_mb: memory budget of one ``[chunk, vocab]`` block.
+    :return: ``([B, T] log-probs, [B, T] entropies or None)``, ``T`` the longest response,
+        zero where ``j >= response_lens[b]``.
+    """
+    batch, width = input_ids.shape
+    position_ids = torch.arange(width, device=input_ids.device).expand(batch, width)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    hidden = out.hidden_states[-1]  # [B, W, hidden]: the LM head's input
+    positions, valid = response_positions(prompt_lens, response_lens, width)
+    rows = torch.arange(batch, device=input_ids.device)[:, None].expand_as(positions)
+    # The token at position p is predicted by the hidden state at p - 1.
+    h = hidden[rows[valid], positions[valid] - 1]  # [N, hidden]
+    tokens = input_ids[rows[valid], positions[valid]]  # [N]
+    head = model.get_output_embeddings()
+    config = model.config.get_text_config() if hasattr(model, "config") else None
+    softcap = getattr(config, "final_logit_softcapping", None)
+    vocab = int(head.weight.shape[0])
+    log_prob, ent = chunked_log_probs(
+        head, h, tokens, chunk=tokens_per_chunk(vocab, budget_mb), entropy=entropy, softcap=softcap
+    )
+    out_lp = torch.zeros(positions.shape, dtype=torch.float32, device=input_ids.device)
+    out_lp = out_lp.masked_scatter(valid, log_prob)
+    if ent is None:
+        return out_lp, None
+    out_ent = torch.zeros_like(out_lp).masked_scatter(valid, ent)
+    return out_lp, out_ent
