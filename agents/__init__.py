@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from rlhf_gym.agents.algorithms import (
     A2C,
-    GRPO,
     PPO,
-    RLOO,
-    TRPO,
-    GroupRelativePO,
-    REINFORCEpp,
     TRPO,
     AlgorithmSpec,
     KLControlMixin,
@@ -25,6 +20,7 @@ from rlhf_gym.agents.algorithms import (
     register_algorithm,
 )
 from rlhf_gym.agents.export import export_adapter, export_merged
+from rlhf_gym.agents.group_algorithms import GRPO, RLOO, GroupRelativePO, REINFORCEpp
 from rlhf_gym.agents.kl import (
     AdaptiveKLController,
     FixedKLController,

@@ -47,7 +47,6 @@ from transformers import PreTrainedModel
 from rlhf_gym.agents.group_algorithms import (
     GRPO,
     RLOO,
-    GroupRelativePO,
     REINFORCEpp,
     class_for_baseline,
 )

@@ -388,8 +388,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
         self._check_groups(batch["group_ids"])
         old = batch["old_log_probs"]
         mask = (
-            torch.arange(old.shape[1], device=old.device)[None, :]
-            < batch["response_lens"][:, None]
+            torch.arange(old.shape[1], device=old.device)[None, :] < batch["response_lens"][:, None]
         ).float()
         beta = float(self.kl_controller.value)
         need_ref = beta > 0 or hasattr(self.kl_controller, "target")
@@ -453,7 +452,9 @@ class GroupRelativePO(OnPolicyAlgorithm):
                 self.policy.optimizer.step()
                 with torch.no_grad():
                     log_ratio = (log_prob - old_mb) * m
-                    approx_kls.append(float(((torch.exp(log_ratio) - 1) - log_ratio).sum() / m.sum()))
+                    approx_kls.append(
+                        float(((torch.exp(log_ratio) - 1) - log_ratio).sum() / m.sum())
+                    )
                     clip_fractions.append(float(clipped.float().sum() / m.sum()))
                 losses.append(float(loss))
         self.policy.set_training_mode(False)  # weights changed: rollout caches rebuild

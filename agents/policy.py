@@ -42,8 +42,8 @@ import inspect
 import os
 import warnings
 from collections import OrderedDict
-from contextlib import nullcontext
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import numpy as np

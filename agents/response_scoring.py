@@ -35,7 +35,11 @@ def tokens_per_chunk(vocab: int, budget_mb: float) -> int:
 
 
 def _score_chunk(
-    head: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, softcap: float | None, entropy: bool
+    head: nn.Module,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    softcap: float | None,
+    entropy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()  # [c, vocab]
     if softcap:

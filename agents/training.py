@@ -71,6 +71,13 @@ class TrainConfig:
         default=16384, metadata={"help": "environment steps (tokens generated) to train for"}
     )
     num_envs: int = field(default=32, metadata={"help": "episodes generated in parallel"})
+    group_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "answers per prompt (envs per group, in rounds); unset: 4 for grpo and rloo, "
+            "1 in rounds for reinforce_pp, 1 (no rounds) for the SB3 algorithms"
+        },
+    )
     n_steps: int | None = field(
         default=None,
         metadata={"help": "rollout steps per env per update (unset: the algorithm's LM default)"},
@@ -79,7 +86,11 @@ class TrainConfig:
         default=None, metadata={"help": "minibatch size (unset: the algorithm's LM default)"}
     )
     n_epochs: int | None = field(
-        default=None, metadata={"help": "passes over each rollout (unset: the algorithm's default)"}
+        default=None,
+        metadata={
+            "help": "passes over each rollout (num_iterations of the group algorithms; unset: "
+            "the algorithm's default)"
+        },
     )
     learning_rate: float | None = field(
         default=None, metadata={"help": "optimizer learning rate (unset: the algorithm's default)"}
@@ -195,6 +206,22 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kwargs
 
 
+#: Answers per prompt for the group algorithms when ``--group-size`` is not given.
+DEFAULT_GROUP_SIZE = 4
+
+
+def group_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """``group_size``/``rounds`` of the training env: rounds exactly for the group algorithms."""
+    from rlhf_gym.agents import GroupRelativePO, get_algorithm
+
+    cls = get_algorithm(cfg.algo).cls
+    if not issubclass(cls, GroupRelativePO):
+        return {"group_size": cfg.group_size or 1}
+    needs_groups = cls.__name__ != "REINFORCEpp"
+    size = cfg.group_size or (DEFAULT_GROUP_SIZE if needs_groups else 1)
+    return {"group_size": size, "rounds": True}
+
+
 def eval_env(cfg: TrainConfig, train_env: TextGenerationEnv | None = None) -> TextGenerationEnv:
     """The held-out env; given ``train_env``, it reuses its tokenizer and reward (and so the one
     reward model already in memory) instead of loading them again."""
@@ -283,7 +310,9 @@ class _Run:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.venv = make_vec_env(cfg.num_envs, seed=cfg.seed, **env_kwargs(cfg))
+        self.venv = make_vec_env(
+            cfg.num_envs, seed=cfg.seed, **group_kwargs(cfg), **env_kwargs(cfg)
+        )
         self.eval_env = eval_env(cfg, self.venv.envs[0])
         self.metrics = default_metrics(cfg)
         self.positive_threshold = self._positive_threshold()
@@ -486,6 +515,8 @@ def _algo_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         value = getattr(cfg, key)
         if value is None or (key not in accepted and value == defaults[key]):
             continue
+        if key == "n_epochs" and "num_iterations" in accepted:
+            key = "num_iterations"  # the group algorithms' name for passes over a rollout
         kwargs[key] = value
     return kwargs
 
