@@ -456,7 +456,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
                         float(((torch.exp(log_ratio) - 1) - log_ratio).sum() / m.sum())
                     )
                     clip_fractions.append(float(clipped.float().sum() / m.sum()))
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         self.policy.set_training_mode(False)  # weights changed: rollout caches rebuild
         self._n_updates += self.num_iterations
         self.logger.record("train/loss", float(np.mean(losses)))

@@ -38,3 +38,12 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Pat
 def tiny_rm_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
     model = _tiny.build_rm(len(tiny_tokenizer))
     return _tiny.save_model(tmp_path_factory.mktemp("rm"), model, tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def learnable_lm_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """The tiny GPT-2 with a wider init (0.2): with the default 0.02 its logits span < 1 nat, since
+    ln_f caps the hidden norm and the tied embeddings are tiny, so no adapter could make any token
+    likely. This model starts as random but can be steered in a few thousand steps."""
+    model = _tiny.build_lm(len(tiny_tokenizer), initializer_range=0.2)
+    return _tiny.save_model(tmp_path_factory.mktemp("learnable_lm"), model, tiny_tokenizer)

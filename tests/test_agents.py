@@ -118,17 +118,6 @@ TIMESTEPS = {"ppo": 4096, "maskable_ppo": 4096, "a2c": 4096, "trpo": 4096}
 MARGIN = 0.1
 
 
-@pytest.fixture(scope="module")
-def learnable_lm_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
-    """The tiny GPT-2 with a wider init (0.2): with the default 0.02 its logits span < 1 nat, since
-    ln_f caps the hidden norm and the tied embeddings are tiny, so no adapter could make any token
-    likely. This model starts as random but can be steered in a few thousand steps."""
-    from tests import _tiny
-
-    model = _tiny.build_lm(len(tiny_tokenizer), initializer_range=0.2)
-    return _tiny.save_model(tmp_path_factory.mktemp("learnable_lm"), model, tiny_tokenizer)
-
-
 def mean_terminal_reward(agent, env, episodes: int = 96) -> float:
     obs = env.reset()
     rewards: list[float] = []
