@@ -138,3 +138,21 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_task):
     assert final["num_timesteps"] == total  # continued from `step`, not from 0
     steps = [int(r["time/total_timesteps"]) for r in csv.DictReader((out / "progress.csv").open())]
     assert steps == sorted(set(steps)) and steps[-1] == total  # the log continues, no duplicates
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "reinforce_pp"])
+def test_train_and_resume_a_group_algorithm(tmp_path, tiny_task, algo):
+    """--algo grpo runs in rounds (--group-size), checkpoints, resumes and exports its adapter."""
+    out = tmp_path / "run"
+    at = tiny_task.index("--n-steps")  # a rollout is whole rounds, not n_steps
+    args = tiny_task[:at] + tiny_task[at + 2 :]
+    args = ["train", *args, "--algo", algo, "--group-size", "2", "--output-dir", str(out)]
+    assert main([*args, "--total-timesteps", "96", "--checkpoint-every", "48"]) == 0
+    config = (out / "adapter" / "adapter_config.json").read_text()
+    assert "lora" in config.lower()
+    assert not (out / "adapter" / "value_head.safetensors").exists()  # critic-free
+    steps = [int(r["time/total_timesteps"]) for r in csv.DictReader((out / "progress.csv").open())]
+    assert main([*args, "--total-timesteps", str(steps[-1] + 48), "--resume"]) == 0
+    resumed = [int(r["time/total_timesteps"]) for r in csv.DictReader((out / "progress.csv").open())]
+    assert resumed == sorted(set(resumed)) and resumed[-1] >= steps[-1] + 48
