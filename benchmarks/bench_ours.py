@@ -18,6 +18,9 @@ the reported peak RSS (``ru_maxrss``) belongs to that configuration alone.
   forwards, env steps, the KL reference pass and the rest (SB3 buffer/bookkeeping).
 - ``e2e``: ``PPO.learn`` for warm-up + measured updates; each update is one rollout of
   ``num_envs`` completions plus one epoch with one optimizer step. Reports the median update.
+- ``grpo``: the same measurement for our GRPO at TRL's configuration: ``num_envs / 4`` prompts x
+  4 answers (one round), KL ``beta`` in the loss (k3), one pass, one optimizer step per update;
+  every answer runs to ``new_tokens`` (no EOS stop, as TRL's ``min_new_tokens``), so no env idles.
 """
 
 from __future__ import annotations
@@ -80,6 +83,30 @@ def make_ppo(args: argparse.Namespace) -> Any:
         n_epochs=1,
         learning_rate=TASK.learning_rate,
         gamma=1.0,
+        policy_kwargs=policy_kwargs,
+    )
+
+
+def make_grpo(args: argparse.Namespace) -> Any:
+    """Our GRPO at TRL's benchmark configuration (see the module docstring)."""
+    from rlhf_gym.agents import make_agent
+    from rlhf_gym.envs import make_vec_env
+
+    venv = make_vec_env(args.num_envs, seed=TASK.seed, group_size=4, **env_kwargs(args.new_tokens))
+    policy_kwargs: dict[str, Any] = {"dtype": args.dtype}
+    if args.attn:
+        policy_kwargs["attn_implementation"] = args.attn
+    return make_agent(
+        "grpo",
+        venv,
+        model=model_dir(args.n_positions),
+        lora=TASK.lora_dict(),
+        kl_coef=TASK.beta,
+        seed=TASK.seed,
+        device=args.device,
+        num_iterations=1,
+        batch_size=None,
+        learning_rate=TASK.learning_rate,
         policy_kwargs=policy_kwargs,
     )
 
@@ -320,10 +347,11 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
             return True
 
     torch.manual_seed(0)
-    agent = make_ppo(args)
+    agent = make_grpo(args) if args.mode == "grpo" else make_ppo(args)
     watch = Stopwatch()
     watch.wrap(agent, "train", "train")
-    watch.wrap(agent.rollout_buffer, "apply_kl_penalty", "kl_reference")
+    if args.mode == "e2e":
+        watch.wrap(agent.rollout_buffer, "apply_kl_penalty", "kl_reference")
     marks = Marks()
     tokens = args.num_envs * args.new_tokens
     n_updates = args.warmup + args.updates
@@ -338,7 +366,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     per_update = median(measured)
     ep_rewards = [info["r"] for info in agent.ep_info_buffer]
     return {
-        "mode": "e2e",
+        "mode": args.mode,
         "num_envs": args.num_envs,
         "new_tokens": args.new_tokens,
         "n_positions": args.n_positions,
@@ -361,7 +389,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("env", "rollout", "e2e"))
+    parser.add_argument("mode", choices=("env", "rollout", "e2e", "grpo"))
     parser.add_argument("--num-envs", type=int, default=TASK.completions_per_update)
     parser.add_argument("--new-tokens", type=int, default=TASK.new_tokens)
     parser.add_argument("--n-positions", type=int, default=TASK.n_positions)
@@ -378,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     add_backend_args(parser)
     args = parser.parse_args(argv)
     set_threads()
-    fn = {"env": bench_env, "rollout": bench_rollout, "e2e": bench_e2e}[args.mode]
+    fn = {"env": bench_env, "rollout": bench_rollout, "e2e": bench_e2e, "grpo": bench_e2e}[
+        args.mode
+    ]
     emit({**fn(args), "device": args.device, "dtype": args.dtype})
     return 0
 
