@@ -154,5 +154,7 @@ def test_train_and_resume_a_group_algorithm(tmp_path, tiny_task, algo):
     assert not (out / "adapter" / "value_head.safetensors").exists()  # critic-free
     steps = [int(r["time/total_timesteps"]) for r in csv.DictReader((out / "progress.csv").open())]
     assert main([*args, "--total-timesteps", str(steps[-1] + 48), "--resume"]) == 0
-    resumed = [int(r["time/total_timesteps"]) for r in csv.DictReader((out / "progress.csv").open())]
+    resumed = [
+        int(r["time/total_timesteps"]) for r in csv.DictReader((out / "progress.csv").open())
+    ]
     assert resumed == sorted(set(resumed)) and resumed[-1] >= steps[-1] + 48
