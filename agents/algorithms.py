@@ -56,7 +56,12 @@ from rlhf_gym.agents.kl import (
     KLShapingMixin,
     make_kl_controller,
 )
-from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy, _LoRACore
+from rlhf_gym.agents.policy import (
+    LoRAPolicy,
+    MaskableLoRAPolicy,
+    _LoRACore,
+    record_model_by_path,
+)
 
 A = TypeVar("A", bound=type)
 
@@ -107,9 +112,7 @@ class KLControlMixin:
                 "penalty; subclass it with rlhf_gym.agents.kl.KLShapingMixin first."
             )
         self.rollout_buffer.bind(self)
-        # Record the base model by path, never by value: SB3 pickles policy_kwargs into save().
-        if "model" in self.policy_kwargs and hasattr(self.policy, "model_name_or_path"):
-            self.policy_kwargs = {**self.policy_kwargs, "model": self.policy.model_name_or_path}
+        self.policy_kwargs = record_model_by_path(self.policy_kwargs, self.policy)
 
     def collect_rollouts(
         self, env: VecEnv, callback: Any, rollout_buffer: Any, n_rollout_steps: int, *args: Any

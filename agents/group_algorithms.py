@@ -51,6 +51,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rlhf_gym.agents import group_losses as gl
 from rlhf_gym.agents.kl import make_kl_controller
+from rlhf_gym.agents.policy import record_model_by_path
 
 _VALUE_OPTIONS = ("value_head", "value_trunk")
 
@@ -264,9 +265,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
         )
         self.policy = self.policy.to(self.device)
         self.rollout_buffer = EpisodeBuffer()  # type: ignore[assignment]
-        # Record the base model by path, never by value: SB3 pickles policy_kwargs into save().
-        if "model" in self.policy_kwargs and hasattr(self.policy, "model_name_or_path"):
-            self.policy_kwargs = {**self.policy_kwargs, "model": self.policy.model_name_or_path}
+        self.policy_kwargs = record_model_by_path(self.policy_kwargs, self.policy)
         if self.env is not None:
             self._check_env(self.env)
 

@@ -699,6 +699,17 @@ class _LoRACore:
         return export_adapter(self, save_directory)  # type: ignore[arg-type]
 
 
+def record_model_by_path(policy_kwargs: dict[str, Any], policy: Any) -> dict[str, Any]:
+    """``policy_kwargs`` with the base model recorded by path, never by value.
+
+    stable-baselines3 pickles ``policy_kwargs`` into ``save()``; a model instance there would put
+    the whole frozen base in every checkpoint.
+    """
+    if "model" in policy_kwargs and hasattr(policy, "model_name_or_path"):
+        return {**policy_kwargs, "model": policy.model_name_or_path}
+    return policy_kwargs
+
+
 def _per_transition(logits: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     """One logits row per transition (see :meth:`_LoRACore._grouped_outputs`)."""
     return logits if rows is None else logits[rows]

@@ -61,54 +61,47 @@ def model_dir(n_positions: int) -> str:
     return str(task_paths().model(n_positions))
 
 
-def make_ppo(args: argparse.Namespace) -> Any:
-    """The benchmark's PPO: one episode per env per update, one epoch, one optimizer step."""
+def _make(args: argparse.Namespace, name: str, group_size: int, **algo_kwargs: Any) -> Any:
+    """An agent on the benchmark task; what differs between ours is the name and its options."""
     from rlhf_gym.agents import make_agent
     from rlhf_gym.envs import make_vec_env
 
-    venv = make_vec_env(args.num_envs, seed=TASK.seed, **env_kwargs(args.new_tokens))
+    venv = make_vec_env(
+        args.num_envs, seed=TASK.seed, group_size=group_size, **env_kwargs(args.new_tokens)
+    )
     policy_kwargs: dict[str, Any] = {"dtype": args.dtype}
     if args.attn:
         policy_kwargs["attn_implementation"] = args.attn
     return make_agent(
-        "ppo",
+        name,
         venv,
         model=model_dir(args.n_positions),
         lora=TASK.lora_dict(),
         kl_coef=TASK.beta,
         seed=TASK.seed,
         device=args.device,
+        learning_rate=TASK.learning_rate,
+        policy_kwargs=policy_kwargs,
+        **algo_kwargs,
+    )
+
+
+def make_ppo(args: argparse.Namespace) -> Any:
+    """The benchmark's PPO: one episode per env per update, one epoch, one optimizer step."""
+    return _make(
+        args,
+        "ppo",
+        1,
         n_steps=args.new_tokens,
         batch_size=args.num_envs * args.new_tokens,
         n_epochs=1,
-        learning_rate=TASK.learning_rate,
         gamma=1.0,
-        policy_kwargs=policy_kwargs,
     )
 
 
 def make_grpo(args: argparse.Namespace) -> Any:
     """Our GRPO at TRL's benchmark configuration (see the module docstring)."""
-    from rlhf_gym.agents import make_agent
-    from rlhf_gym.envs import make_vec_env
-
-    venv = make_vec_env(args.num_envs, seed=TASK.seed, group_size=4, **env_kwargs(args.new_tokens))
-    policy_kwargs: dict[str, Any] = {"dtype": args.dtype}
-    if args.attn:
-        policy_kwargs["attn_implementation"] = args.attn
-    return make_agent(
-        "grpo",
-        venv,
-        model=model_dir(args.n_positions),
-        lora=TASK.lora_dict(),
-        kl_coef=TASK.beta,
-        seed=TASK.seed,
-        device=args.device,
-        num_iterations=1,
-        batch_size=None,
-        learning_rate=TASK.learning_rate,
-        policy_kwargs=policy_kwargs,
-    )
+    return _make(args, "grpo", 4, num_iterations=1, batch_size=None)
 
 
 # ------------------------------------------------------------------------------------------ env
