@@ -32,7 +32,10 @@ rollout recorded (``old``); with 1 the ratio is 1 and the loss is the plain poli
 
 Critic-free: the policy is built with ``value_head=None``: no head exists, runs or is saved.
 
-Action masks are not supported yet (a maskable policy is refused with a clear message).
+Action masks (``use_masking=True``, the env's ``action_masks()``, e.g. banned or allowed tokens):
+sampling, training and the KL reference use the same mask. A mask must stay fixed during an
+episode (true of the env's token sets); one that changes mid-episode is refused, since storing a
+``[tokens, vocab]`` mask per episode would cost what the chunked scoring saves.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from sb3_contrib.common.maskable.utils import get_action_masks
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import Schedule
@@ -51,7 +55,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rlhf_gym.agents import group_losses as gl
 from rlhf_gym.agents.kl import make_kl_controller
-from rlhf_gym.agents.policy import record_model_by_path
+from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy, record_model_by_path
 
 _VALUE_OPTIONS = ("value_head", "value_trunk")
 
@@ -81,6 +85,7 @@ class EpisodeBuffer:
         reward: float,
         group_id: int,
         prompt_index: int,
+        action_mask: np.ndarray | None = None,
     ) -> None:
         n_new = len(log_probs)
         total = int(np.asarray(terminal_obs["attention_mask"]).sum())
@@ -93,6 +98,7 @@ class EpisodeBuffer:
                 "reward": float(reward),
                 "group_id": int(group_id),
                 "prompt_index": int(prompt_index),
+                "action_mask": action_mask,
             }
         )
 
@@ -109,7 +115,11 @@ class EpisodeBuffer:
         def t(x: Any, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
+        masks = None
+        if eps[0]["action_mask"] is not None:
+            masks = t(np.stack([e["action_mask"] for e in eps]), torch.bool)  # [E, vocab]
         return {
+            "action_masks": masks,  # type: ignore[dict-item]
             "input_ids": t(ids, torch.long),
             "attention_mask": t(mask, torch.long),
             "prompt_lens": t([e["prompt_len"] for e in eps], torch.long),
@@ -152,6 +162,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
         kl_target: float | None = None,
         kl_horizon: int = 10000,
         kl_in_loss: bool = True,
+        use_masking: bool = False,
         ent_coef: float = 0.0,
         max_grad_norm: float = 1.0,
         vf_coef: float | None = None,
@@ -184,6 +195,8 @@ class GroupRelativePO(OnPolicyAlgorithm):
         :param kl_horizon: horizon of the adaptive controller, in sequences.
         :param kl_in_loss: ``True``: ``beta * k3`` per token in the loss (TRL); ``False``: the
             per-token penalty ``beta * (logp - ref)`` on the reward, as the SB3 algorithms here.
+        :param use_masking: sample, train and score the reference under the env's
+            ``action_masks()`` (the policy becomes :class:`MaskableLoRAPolicy`).
         :param ent_coef: entropy bonus (computed chunk by chunk only when non-zero).
         :param max_grad_norm: gradient clipping norm.
         :param vf_coef: refused: there is no value function.
@@ -197,6 +210,9 @@ class GroupRelativePO(OnPolicyAlgorithm):
                 "no effect; remove it (or pick ppo/a2c/trpo for a value function)."
             )
         pkw["value_head"] = None
+        self.use_masking = bool(use_masking)
+        if self.use_masking and policy is LoRAPolicy:
+            policy = MaskableLoRAPolicy
         if int(n_rounds) < 1:
             raise ValueError(f"n_rounds must be >= 1, got {n_rounds}")
         if int(num_iterations) < 1:
@@ -253,12 +269,9 @@ class GroupRelativePO(OnPolicyAlgorithm):
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
-        if getattr(self.policy_class, "_make_action_dist", None) is not None and (
-            "Maskable" in self.policy_class.__name__
-        ):
+        if self.use_masking and not issubclass(self.policy_class, MaskableLoRAPolicy):
             raise ValueError(
-                f"{type(self).__name__} does not support action masks yet; use LoRAPolicy "
-                "(or maskable_ppo for masked tokens)."
+                f"use_masking=True needs MaskableLoRAPolicy, got {self.policy_class.__name__}"
             )
         self.policy = self.policy_class(  # type: ignore[assignment]
             self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
@@ -304,11 +317,25 @@ class GroupRelativePO(OnPolicyAlgorithm):
         log_probs: list[list[float]] = [[] for _ in range(n_envs)]
         finished = np.zeros(n_envs, dtype=bool)
         rounds = idle_steps = steps = 0
+        masks = episode_masks = None
+        if self.use_masking:
+            episode_masks = get_action_masks(env).astype(bool)  # [n_envs, vocab], per episode
         callback.on_rollout_start()
         while rounds < self.n_rounds:
             with torch.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                actions, _, step_log_probs = self.policy(obs_tensor)
+                if episode_masks is None:
+                    actions, _, step_log_probs = self.policy(obs_tensor)
+                else:
+                    masks = get_action_masks(env).astype(bool)
+                    active = np.array([len(lp) > 0 for lp in log_probs])
+                    if (masks[active] != episode_masks[active]).any():
+                        raise ValueError(
+                            "an env's action mask changed during an episode; the group "
+                            "algorithms score whole episodes under one mask per episode"
+                        )
+                    episode_masks[~active] = masks[~active]
+                    actions, _, step_log_probs = self.policy(obs_tensor, action_masks=masks)
             actions_np = actions.cpu().numpy()
             step_lp = step_log_probs.cpu().numpy()
             new_obs, rewards, dones, infos = env.step(actions_np)
@@ -332,6 +359,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
                         float(rewards[i]),
                         int(info["group_id"]),
                         int(info["prompt_index"]),
+                        None if episode_masks is None else episode_masks[i].copy(),
                     )
                     log_probs[i] = []
                     finished[i] = True
@@ -399,6 +427,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
                 batch["prompt_lens"],
                 batch["response_lens"],
                 reference=True,
+                action_masks=batch["action_masks"],
             )
             kl = (old - ref) * mask
             kl_per_seq = float(kl.sum(-1).mean())
@@ -411,6 +440,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
         max_new = self._max_new_tokens(int(old.shape[1]))
         n = old.shape[0]
         size = self.batch_size or n
+        masks = batch["action_masks"]
         losses, clip_fractions, approx_kls, ref_kls = [], [], [], []
         for _ in range(self.num_iterations):
             for idx in torch.randperm(n, device=old.device).split(size):
@@ -420,6 +450,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
                     batch["prompt_lens"][idx],
                     batch["response_lens"][idx],
                     entropy=self.ent_coef != 0.0,
+                    action_masks=None if masks is None else masks[idx],
                 )
                 m = mask[idx][:, : log_prob.shape[1]]
                 old_mb = old[idx][:, : log_prob.shape[1]]

@@ -606,6 +606,7 @@ class _LoRACore:
         *,
         entropy: bool = False,
         reference: bool = False,
+        action_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs of whole responses, one forward per sequence (group algorithms).
 
@@ -617,6 +618,8 @@ class _LoRACore:
         :param input_ids: ``[B, W]`` right-padded ``prompt + response`` ids.
         :param attention_mask: ``[B, W]``.
         :param prompt_lens: ``[B]``; :param response_lens: ``[B]`` (each at least 1).
+        :param action_masks: ``[B, vocab]`` bool, the tokens each row may emit (one mask per
+            sequence), or None.
         :return: ``([B, T] log-probs, [B, T] entropies or None)``, T = the longest response.
         """
         from rlhf_gym.agents.response_scoring import score_responses
@@ -641,6 +644,7 @@ class _LoRACore:
                     response_lens[rows],
                     budget_mb=self.logit_memory_mb,
                     entropy=entropy,
+                    action_masks=None if action_masks is None else action_masks[rows],
                 )
                 pad = longest - lp.shape[1]
                 parts.append(

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rlhf_gym.agents.distributions import MASKED_LOGIT
+
 #: Bytes per vocabulary entry of a scored token: float32 logits, exp and one temporary.
 _BYTES_PER_LOGIT = 12
 
@@ -40,10 +42,13 @@ def _score_chunk(
     tokens: torch.Tensor,
     softcap: float | None,
     entropy: bool,
+    allowed: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()  # [c, vocab]
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    if allowed is not None:  # [c, vocab] bool: sb3-contrib's masked logit for the others
+        logits = logits.masked_fill(~allowed, MASKED_LOGIT)
     lse = torch.logsumexp(logits, dim=-1)  # [c]
     log_prob = logits.gather(-1, tokens[:, None]).squeeze(-1) - lse  # [c]
     if not entropy:
@@ -60,6 +65,8 @@ def chunked_log_probs(
     chunk: int,
     entropy: bool = False,
     softcap: float | None = None,
+    masks: torch.Tensor | None = None,
+    mask_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log p(tokens)`` (and the entropy) from the LM head applied to ``hidden`` chunk by chunk.
 
@@ -67,6 +74,8 @@ def chunked_log_probs(
     :param hidden: ``[T, hidden]`` the LM head's inputs at the positions that predict ``tokens``.
     :param tokens: ``[T]`` the tokens whose log-probs are wanted.
     :param chunk: tokens per ``[chunk, vocab]`` block (see :func:`tokens_per_chunk`).
+    :param masks: ``[B, vocab]`` allowed tokens per sequence, ``mask_rows`` ``[T]`` the sequence
+        of each token (the ``[chunk, vocab]`` mask is built per chunk, never for all tokens).
     :return: ``([T] log-probs, [T] entropies or None)`` in float32.
     """
     n = hidden.shape[0]
@@ -77,10 +86,15 @@ def chunked_log_probs(
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     for start in range(0, n, chunk):
         h, t = hidden[start : start + chunk], tokens[start : start + chunk]
+        allowed = None
+        if masks is not None and mask_rows is not None:
+            allowed = masks[mask_rows[start : start + chunk]]
         if recompute:
-            out = checkpoint(_score_chunk, head, h, t, softcap, entropy, use_reentrant=False)
+            out = checkpoint(
+                _score_chunk, head, h, t, softcap, entropy, allowed, use_reentrant=False
+            )
         else:
-            out = _score_chunk(head, h, t, softcap, entropy)
+            out = _score_chunk(head, h, t, softcap, entropy, allowed)
         parts.append(out)  # type: ignore[arg-type]
     log_prob = torch.cat([p[0] for p in parts])
     return log_prob, (torch.cat([p[1] for p in parts]) if entropy else None)
@@ -109,6 +123,7 @@ def score_responses(
     *,
     budget_mb: float,
     entropy: bool = False,
+    action_masks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of each row's response under ``model``, one forward for the batch.
 
@@ -117,6 +132,7 @@ def score_responses(
     :param prompt_lens: ``[B]`` prompt tokens per row (a response starts there).
     :param response_lens: ``[B]`` response tokens per row (at least 1).
     :param budget_mb: memory budget of one ``[chunk, vocab]`` block.
+    :param action_masks: ``[B, vocab]`` bool tokens each row may emit (masked as in sampling).
     :return: ``([B, T] log-probs, [B, T] entropies or None)``, ``T`` the longest response,
         zero where ``j >= response_lens[b]``.
     """
@@ -141,7 +157,14 @@ def score_responses(
     softcap = getattr(config, "final_logit_softcapping", None)
     vocab = int(head.weight.shape[0])
     log_prob, ent = chunked_log_probs(
-        head, h, tokens, chunk=tokens_per_chunk(vocab, budget_mb), entropy=entropy, softcap=softcap
+        head,
+        h,
+        tokens,
+        chunk=tokens_per_chunk(vocab, budget_mb),
+        entropy=entropy,
+        softcap=softcap,
+        masks=action_masks,
+        mask_rows=rows[valid],
     )
     out_lp = torch.zeros(positions.shape, dtype=torch.float32, device=input_ids.device)
     out_lp = out_lp.masked_scatter(valid, log_prob)

@@ -344,3 +344,21 @@ def test_each_group_algorithm_raises_the_reward(name, cls, tiny_tokenizer_dir, l
     after = mean_terminal_reward(agent, make_env(tiny_tokenizer_dir, num_envs=4, seed=123))
     print(f"{name}: mean terminal reward {before:.3f} -> {after:.3f} in {seconds:.1f}s")
     assert after >= before + MARGIN, (before, after)
+
+
+def test_action_masks_apply_to_sampling_training_and_the_reference(tiny_tokenizer_dir, tiny_lm_dir):
+    from rlhf_gym.agents import MaskableLoRAPolicy
+
+    banned = list(range(1, 200))
+    env = make_env(tiny_tokenizer_dir, num_envs=4, group_size=2, banned_tokens=banned)
+    kwargs = {**GROUP_KWARGS, "num_iterations": 1, "batch_size": None}
+    agent = make_agent("grpo", env, model=str(tiny_lm_dir), use_masking=True, **kwargs)
+    assert isinstance(agent.policy, MaskableLoRAPolicy)
+    probe = RolloutProbe()
+    agent.learn(48, callback=probe)
+    for ep in probe.rollouts[0]:
+        response = ep["input_ids"][ep["prompt_len"] : ep["prompt_len"] + ep["response_len"]]
+        assert not set(response.tolist()) & set(banned)
+    # The first pass scores the rollout's own policy under the same mask: ratio 1 everywhere
+    # (without the mask in training, the log-probs would differ by the banned tokens' mass).
+    assert agent.logger.name_to_value["train/approx_kl"] < 1e-6
