@@ -380,9 +380,49 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def bench_idle(args: argparse.Namespace) -> dict[str, Any]:
+    """Idle share of group rounds on the default task (answers end at EOS, lengths vary).
+
+    The benchmark task runs every answer to ``new_tokens`` (no idling by construction); this
+    samples ``--rounds`` rounds with the default task's base policy and reward model, groups
+    of 4 over 32 envs as in ``rlhf-gym train --algo grpo``, and counts the steps envs idled.
+    """
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from rlhf_gym.agents import make_agent
+    from rlhf_gym.envs import default_task, make_vec_env
+
+    shares: list[float] = []
+
+    class Shares(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            shares.append(float(self.logger.name_to_value["rollout/idle_share"]))
+
+    torch.manual_seed(0)
+    venv = make_vec_env(32, seed=0, group_size=4)
+    # A learning rate of 0 keeps the base policy: the rounds measure its answer lengths.
+    agent = make_agent(
+        "grpo", venv, model=str(default_task.policy_path()), kl_coef=0.0, learning_rate=0.0
+    )
+    max_new = int(venv.get_attr("max_new_tokens")[0])
+    agent.learn(args.rounds * 32 * max_new, callback=Shares())
+    return {
+        "mode": "idle",
+        "num_envs": 32,
+        "group_size": 4,
+        "rounds": len(shares),
+        "idle_share": float(np.mean(shares)),
+        "idle_share_per_round": shares,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("env", "rollout", "e2e", "grpo"))
+    parser.add_argument("mode", choices=("env", "rollout", "e2e", "grpo", "idle"))
     parser.add_argument("--num-envs", type=int, default=TASK.completions_per_update)
     parser.add_argument("--new-tokens", type=int, default=TASK.new_tokens)
     parser.add_argument("--n-positions", type=int, default=TASK.n_positions)
@@ -390,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=5, help="e2e: measured updates")
     parser.add_argument("--episodes", type=int, default=64, help="env: episodes per repeat")
+    parser.add_argument("--rounds", type=int, default=16, help="idle: rounds sampled")
     parser.add_argument(
         "--attn", default=None, help="policy attn_implementation (default: the library's)"
     )
@@ -399,9 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     add_backend_args(parser)
     args = parser.parse_args(argv)
     set_threads()
-    fn = {"env": bench_env, "rollout": bench_rollout, "e2e": bench_e2e, "grpo": bench_e2e}[
-        args.mode
-    ]
+    modes = {"env": bench_env, "rollout": bench_rollout, "e2e": bench_e2e, "grpo": bench_e2e}
+    fn = {**modes, "idle": bench_idle}[args.mode]
     emit({**fn(args), "device": args.device, "dtype": args.dtype})
     return 0
 

@@ -30,7 +30,7 @@ from typing import Any
 from common import BENCH_DIR, NUM_THREADS, RESULT_MARKER, TASK, median, task_dict, worker_env
 
 TRL_PYTHON = BENCH_DIR / ".venv-trl" / "bin" / "python"
-SECTIONS = ("env", "rollout", "e2e", "trl", "scaling")
+SECTIONS = ("env", "rollout", "e2e", "grpo", "trl", "idle", "scaling")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class Plan:
     scaling_e2e: bool
     #: Tokens measured per scaling point (repeats shrink for big points, never below 1).
     scaling_tokens: int
+    #: Rounds of the default task sampled to measure the idle share of group rounds.
+    idle_rounds: int
 
 
 FULL = Plan(
@@ -95,6 +97,7 @@ FULL = Plan(
     lengths=(32, 128, 512),
     scaling_e2e=True,
     scaling_tokens=3 * 32 * 128,
+    idle_rounds=16,
 )
 QUICK = Plan(
     env_episodes=4,
@@ -108,6 +111,7 @@ QUICK = Plan(
     lengths=(16, 32),
     scaling_e2e=False,
     scaling_tokens=1,
+    idle_rounds=2,
 )
 
 
@@ -186,10 +190,13 @@ def measure(plan: Plan, sections: set[str]) -> dict[str, Any]:
     # Ours and TRL alternate (ours, TRL, ours, TRL...): on a shared machine the background load
     # drifts, and alternation gives both contestants the same share of it.
     e2e_rounds: list[dict[str, Any]] = []
+    grpo_rounds: list[dict[str, Any]] = []
     trl_rounds: list[dict[str, Any]] = []
     for _ in range(plan.rounds):
         if "e2e" in sections:
             e2e_rounds.append(ours("e2e", "--updates", plan.e2e_updates, "--warmup", w))
+        if "grpo" in sections:
+            grpo_rounds.append(ours("grpo", "--updates", plan.e2e_updates, "--warmup", w))
         if "trl" in sections:
             if not trl_available():
                 trl_rounds.append(
@@ -209,8 +216,12 @@ def measure(plan: Plan, sections: set[str]) -> dict[str, Any]:
             )
     if e2e_rounds:
         res["e2e"] = merge_rounds(e2e_rounds, "update_all_s", "tokens_per_update", "update_s")
+    if grpo_rounds:
+        res["grpo"] = merge_rounds(grpo_rounds, "update_all_s", "tokens_per_update", "update_s")
     if trl_rounds:
         res["trl"] = merge_rounds(trl_rounds, "step_all_s", "tokens_per_step", "step_s")
+    if "idle" in sections:
+        res["idle"] = ours("idle", "--rounds", plan.idle_rounds)
     if "scaling" in sections:
         res["scaling"] = measure_scaling(plan, res)
     return res
@@ -296,6 +307,12 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     if _ok(rollout):
         s["rollout_vs_generate"] = rollout["ratio"]
         s["rollout_vs_generate_sampling_only"] = rollout["ratio_sampling_only"]
+    grpo, idle = res.get("grpo"), res.get("idle")
+    if _ok(grpo) and _ok(trl):
+        s["grpo_vs_trl"] = grpo["tokens_per_s"] / trl["tokens_per_s"]
+        s["grpo_rss_vs_trl"] = grpo["peak_rss_mb"] / trl["peak_rss_mb"]
+    if _ok(idle):
+        s["idle_share"] = idle["idle_share"]
     if _ok(e2e) and _ok(trl):
         s["e2e_vs_trl"] = e2e["tokens_per_s"] / trl["tokens_per_s"]
         s["rss_vs_trl"] = e2e["peak_rss_mb"] / trl["peak_rss_mb"]
@@ -306,6 +323,8 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         ("rollout >= 1.0x generate", s.get("rollout_vs_generate"), lambda v: v >= 1.0, "{:.3f}x"),
         ("end-to-end >= 1.5x TRL GRPO", s.get("e2e_vs_trl"), lambda v: v >= 1.5, "{:.2f}x"),
         ("peak RSS <= TRL's", s.get("rss_vs_trl"), lambda v: v <= 1.0, "{:.2f}x TRL"),
+        ("our GRPO >= 1.5x TRL GRPO", s.get("grpo_vs_trl"), lambda v: v >= 1.5, "{:.2f}x"),
+        ("our GRPO peak RSS <= TRL's", s.get("grpo_rss_vs_trl"), lambda v: v <= 1.0, "{:.2f}x TRL"),
         (
             "env overhead < 5% of a rollout step",
             s.get("env_share_of_rollout_step"),
@@ -415,6 +434,23 @@ def tables(
         )
     elif e2e:
         rows.append(["ours failed", e2e.get("error", ""), "", "", "", "", *([""] if gpu else [])])
+    grpo = res.get("grpo")
+    if _ok(grpo):
+        rows.append(
+            [
+                f"ours: GRPO, critic-free ({b // 4} prompts x 4, beta 0.04 in the loss)",
+                _fmt(grpo["tokens_per_s"]),
+                _fmt(grpo["update_s"], "{:.2f}"),
+                _fmt(grpo["rollout_s"], "{:.2f}"),
+                _fmt(grpo["train_s"], "{:.2f}"),
+                _fmt(grpo["peak_rss_mb"]),
+                *([_fmt(grpo.get("peak_gpu_mb"))] if gpu else []),
+            ]  # fmt: skip
+        )
+    elif grpo:
+        rows.append(
+            ["our GRPO failed", grpo.get("error", ""), "", "", "", "", *([""] if gpu else [])]
+        )
     if _ok(trl):
         rows.append(
             [
@@ -436,6 +472,15 @@ def tables(
                      _fmt(summary["e2e_vs_trl"], "{:.2f}x"), "", "", "",
                      _fmt(summary["rss_vs_trl"], "{:.2f}x"),
                      *([_fmt(summary.get("gpu_memory_vs_trl"), "{:.2f}x")] if gpu else [])])  # fmt: skip
+    if "grpo_vs_trl" in summary:
+        rows.append(["ratio our GRPO / TRL GRPO (targets: >= 1.5x speed, <= 1.0x RSS)",
+                     _fmt(summary["grpo_vs_trl"], "{:.2f}x"), "", "", "",
+                     _fmt(summary["grpo_rss_vs_trl"], "{:.2f}x"), *([""] if gpu else [])])  # fmt: skip
+    idle = res.get("idle")
+    if _ok(idle):
+        rows.append([f"groups in rounds: idle env steps on the default task (EOS on, {idle['num_envs']} "
+                     f"envs, groups of {idle['group_size']}, base policy, {idle['rounds']} rounds)",
+                     _fmt(idle["idle_share"], "{:.1%}"), "", "", "", "", *([""] if gpu else [])])  # fmt: skip
     if rows:
         out.append(("c/d. End-to-end updates (rollout + training), median update",
                     ["", "tokens/s", "s / update", "rollout s", "train s", "peak RSS MiB",
