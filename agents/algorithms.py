@@ -363,9 +363,13 @@ def _class_from_data(data: Mapping[str, Any]) -> type[BaseAlgorithm]:
     return A2C
 
 
+#: PPO's minibatches hold whole episodes (:class:`~rlhf_gym.agents.kl.KLShapingMixin`), so an
+#: epoch costs one forward per episode whatever ``batch_size``; 128 transitions (about 9 episodes
+#: of the default task) passed the main job's checks on seeds 0-3 with perplexity 1.11-1.21x the
+#: base's, where 64 reached 1.68x on seed 3 (4x the optimizer steps of 256, which learned less).
 _PPO_DEFAULTS = {
     "n_steps": 32,
-    "batch_size": 64,
+    "batch_size": 128,
     "n_epochs": 4,
     "learning_rate": 2e-4,
     "gamma": 1.0,

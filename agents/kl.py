@@ -97,7 +97,22 @@ def shape_rewards(
 
 
 class KLShapingMixin:
-    """Rollout-buffer mixin: apply the KL penalty to ``rewards`` before GAE.
+    """Rollout-buffer mixin: apply the KL penalty to ``rewards`` before GAE, and hand out
+    minibatches of whole episodes.
+
+    Minibatches (:meth:`get`): stable-baselines3 draws ``batch_size`` random transitions, so a
+    minibatch of 64 token-transitions holds ~64 different episodes and each needs a forward of
+    its whole sequence; the policy's one-forward-per-sequence sharing
+    (:mod:`rlhf_gym.agents.sequence_eval`) only pays off when a minibatch holds whole episodes.
+    Here the rollout is cut into episode segments (one env's consecutive steps of one episode;
+    an episode cut by the rollout's start or end is a segment too), the segments are shuffled
+    each epoch with NumPy's global RNG (as SB3 shuffles transitions) and packed in that order
+    into minibatches of at most ``batch_size`` transitions (a segment longer than
+    ``batch_size`` is a minibatch of its own; a last remainder under half a batch joins the
+    minibatch before it). An epoch then costs one forward per episode,
+    whatever the minibatch size. Kept from SB3: shuffling every epoch, advantage normalisation
+    per minibatch (PPO does it), ``target_kl`` early stop. Changed, deliberately: minibatch
+    sizes vary a little (whole episodes), and a minibatch's transitions come from few episodes.
 
     The buffer must be bound to its algorithm (``buffer.bind(algorithm)``; the algorithms of
     :mod:`rlhf_gym.agents.algorithms` do it in ``_setup_model``): it reads ``algorithm.policy``
@@ -115,11 +130,64 @@ class KLShapingMixin:
     device: torch.device
 
     _algorithm: Any = None
+    #: Per-transition arrays SB3 flattens to ``[n_envs * n_steps, ...]`` before sampling.
+    _flattened: tuple[str, ...] = ("actions", "values", "log_probs", "advantages", "returns")
+    generator_ready: bool
+    swap_and_flatten: Any
+    _get_samples: Any
+    full: bool
     #: Per-token KL ``log pi - log pi_ref`` of the last shaped rollout, ``[n_steps, n_envs]``.
     last_kl: np.ndarray | None = None
 
     def bind(self, algorithm: Any) -> None:
         self._algorithm = weakref.ref(algorithm)
+
+    def episode_minibatches(self, batch_size: int | None) -> list[np.ndarray]:
+        """Flat transition indices of each minibatch: shuffled whole episode segments.
+
+        Index ``env * n_steps + step`` is where SB3's ``swap_and_flatten`` puts a transition.
+        """
+        n = self.buffer_size * self.n_envs
+        if batch_size is None or batch_size >= n:
+            return [np.random.permutation(n)]
+        starts = self.episode_starts.astype(bool).copy()  # [n_steps, n_envs]
+        starts[0] = True
+        segments: list[np.ndarray] = []
+        for env in range(self.n_envs):
+            bounds = [*np.flatnonzero(starts[:, env]), self.buffer_size]
+            base = env * self.buffer_size
+            pairs = zip(bounds[:-1], bounds[1:], strict=True)
+            segments += [base + np.arange(a, b) for a, b in pairs]
+        batches: list[np.ndarray] = []
+        current: list[np.ndarray] = []
+        size = 0
+        for k in np.random.permutation(len(segments)):
+            seg = segments[k]
+            if current and size + len(seg) > batch_size:
+                batches.append(np.concatenate(current))
+                current, size = [], 0
+            current.append(seg)
+            size += len(seg)
+        if current:
+            batches.append(np.concatenate(current))
+        if len(batches) > 1 and 2 * len(batches[-1]) < batch_size:
+            # A remainder under half a batch joins the previous minibatch: a minibatch of one
+            # transition has no advantage std (sb3-contrib's MaskablePPO would divide by NaN).
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        return batches
+
+    def get(self, batch_size: int | None = None) -> Any:
+        """SB3's ``get`` with minibatches of whole episodes (see the class docstring)."""
+        assert self.full, "the rollout buffer is not full"
+        batches = self.episode_minibatches(batch_size)
+        if not self.generator_ready:
+            for key, obs in self.observations.items():
+                self.observations[key] = self.swap_and_flatten(obs)
+            for name in self._flattened:
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+            self.generator_ready = True
+        for indices in batches:
+            yield self._get_samples(indices)
 
     def compute_returns_and_advantage(self, last_values: torch.Tensor, dones: np.ndarray) -> None:
         self.apply_kl_penalty()
@@ -168,3 +236,5 @@ class KLDictRolloutBuffer(KLShapingMixin, DictRolloutBuffer):
 
 class KLMaskableDictRolloutBuffer(KLShapingMixin, MaskableDictRolloutBuffer):
     """``MaskableDictRolloutBuffer`` with KL shaping (MaskablePPO); the reference is masked alike."""
+
+    _flattened = (*KLShapingMixin._flattened, "action_masks")
