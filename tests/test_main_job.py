@@ -1,13 +1,14 @@
 """The main job on the embedded default task: the learned behaviour is real, not reward hacking.
 
-Runs ``rlhf-gym train``'s defaults (PPO + LoRA, 16k steps, KL 0.5) in-process with one thread,
-which makes it deterministic. Measured on this seed with one thread (2-core CPU): held-out
-reward -0.07 -> +4.44, rated positive 48% -> 95%, lexicon sentiment (never seen by the reward
-model) 0.01 -> 0.71, perplexity under the base 2.57 -> 3.06 (1.19x), distinct-2 0.91x the
-base's, KL 1.7. Seeds 1, 2 and 3 gave perplexity ratios 1.29x, 1.20x and 1.23x and reward
-gains of +4.0 to +4.5. With KL 0.4, after rollouts started sampling from merged adapter
-weights (which changes the random trajectories by float rounding), seed 1 reached 1.55x, over
-the 1.5x fluency bound, which is why the default is 0.5 (KL 0.3 had failed the same way before).
+Runs ``rlhf-gym train``'s defaults (PPO + LoRA, 16k steps, KL 0.5, minibatches of 128
+transitions made of whole episodes) in-process with one thread, which makes it deterministic.
+Measured on this seed with one thread (2-core CPU): held-out reward -0.07 -> +4.24, rated
+positive 48% -> 93%, lexicon sentiment (never seen by the reward model) 0.01 -> 0.73,
+perplexity under the base 2.57 -> 2.90 (1.13x), distinct-2 0.99x the base's, KL 1.5. Seeds 1,
+2 and 3 gave perplexity ratios 1.28x, 1.11x and 1.14x and reward gains of +4.1 to +4.3. With
+minibatches of 64 whole-episode transitions seed 3 reached 1.68x, over the 1.5x fluency bound,
+which is why PPO's default batch is 128; with KL 0.4 (random-transition minibatches) seed 1 had
+reached 1.55x, which is why the KL default is 0.5.
 The bounds below leave room.
 """
 
