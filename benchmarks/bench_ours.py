@@ -93,8 +93,8 @@ def make_ppo(args: argparse.Namespace) -> Any:
         "ppo",
         1,
         n_steps=args.new_tokens,
-        batch_size=args.num_envs * args.new_tokens,
-        n_epochs=1,
+        batch_size=args.batch_size or args.num_envs * args.new_tokens,
+        n_epochs=args.n_epochs,
         gamma=1.0,
     )
 
@@ -360,6 +360,8 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     ep_rewards = [info["r"] for info in agent.ep_info_buffer]
     return {
         "mode": args.mode,
+        "batch_size": args.batch_size,
+        "n_epochs": args.n_epochs,
         "num_envs": args.num_envs,
         "new_tokens": args.new_tokens,
         "n_positions": args.n_positions,
@@ -431,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updates", type=int, default=5, help="e2e: measured updates")
     parser.add_argument("--episodes", type=int, default=64, help="env: episodes per repeat")
     parser.add_argument("--rounds", type=int, default=16, help="idle: rounds sampled")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="e2e: PPO minibatch (default: the rollout)"
+    )
+    parser.add_argument("--n-epochs", type=int, default=1, help="e2e: PPO epochs")
     parser.add_argument(
         "--attn", default=None, help="policy attn_implementation (default: the library's)"
     )

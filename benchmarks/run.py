@@ -30,7 +30,9 @@ from typing import Any
 from common import BENCH_DIR, NUM_THREADS, RESULT_MARKER, TASK, median, task_dict, worker_env
 
 TRL_PYTHON = BENCH_DIR / ".venv-trl" / "bin" / "python"
-SECTIONS = ("env", "rollout", "e2e", "grpo", "trl", "idle", "scaling")
+SECTIONS = ("env", "rollout", "e2e", "grpo", "trl", "idle", "minibatch", "scaling")
+#: PPO minibatch sizes compared at 4 epochs (None: the whole rollout as one minibatch).
+MINIBATCHES: tuple[int | None, ...] = (64, 256, None)
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,23 @@ def measure(plan: Plan, sections: set[str]) -> dict[str, Any]:
         res["trl"] = merge_rounds(trl_rounds, "step_all_s", "tokens_per_step", "step_s")
     if "idle" in sections:
         res["idle"] = ours("idle", "--rounds", plan.idle_rounds)
+    if "minibatch" in sections:
+        res["minibatch"] = [
+            {
+                "batch_size": size,
+                **ours(
+                    "e2e",
+                    "--n-epochs",
+                    4,
+                    "--updates",
+                    plan.e2e_updates,
+                    "--warmup",
+                    w,
+                    *(["--batch-size", size] if size else []),
+                ),
+            }  # fmt: skip
+            for size in MINIBATCHES
+        ]
     if "scaling" in sections:
         res["scaling"] = measure_scaling(plan, res)
     return res
@@ -486,6 +505,22 @@ def tables(
                     ["", "tokens/s", "s / update", "rollout s", "train s", "peak RSS MiB",
                      *(["peak GPU MiB"] if gpu else [])],
                     rows))  # fmt: skip
+
+    minibatch = res.get("minibatch")
+    if minibatch:
+        rows = []
+        whole = next((r for r in minibatch if r["batch_size"] is None and _ok(r)), None)
+        for r in minibatch:
+            label = f"minibatch {r['batch_size']}" if r["batch_size"] else "whole rollout"
+            if not _ok(r):
+                rows.append([label, "failed", "", ""])
+                continue
+            ratio = r["train_s"] / whole["train_s"] if whole else None
+            rows.append([f"PPO, 4 epochs, {label} ({b} x {n} tokens)",
+                         _fmt(r["train_s"], "{:.2f}"), _fmt(ratio, "{:.2f}x"),
+                         _fmt(r["tokens_per_s"])])  # fmt: skip
+        out.append(("f. Training cost by minibatch size (whole-episode minibatches)",
+                    ["", "train s / update", "vs whole rollout", "end-to-end tok/s"], rows))  # fmt: skip
 
     scaling = res.get("scaling")
     if scaling:
