@@ -134,9 +134,16 @@ def _text(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop_strings: Sequ
 
 @torch.no_grad()
 def completion_logprobs(
-    model: torch.nn.Module, samples: Samples, *, batch_size: int = 64
+    model: torch.nn.Module, samples: Samples, *, batch_size: int = 64, budget_mb: float = 256.0
 ) -> list[np.ndarray]:
-    """Per-token log-probabilities of each completion given its prompt (one forward per sequence)."""
+    """Per-token log-probabilities of each completion given its prompt (one forward per sequence).
+
+    The vocabulary projection runs in chunks of tokens under ``budget_mb``
+    (:func:`~rlhf_gym.agents.response_scoring.score_responses`), never as a whole
+    ``[tokens, vocab]`` float32 tensor.
+    """
+    from rlhf_gym.agents.response_scoring import score_responses
+
     device = next(model.parameters()).device
     result: list[np.ndarray] = []
     pairs = list(zip(samples.rows, samples.completion_ids, strict=True))
@@ -149,13 +156,18 @@ def completion_logprobs(
         for i, s in enumerate(seqs):  # right-pad: causal attention never looks at the pads
             ids[i, : len(s)] = torch.as_tensor(s)
             mask[i, : len(s)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[
-            ..., 0
-        ]
-        for i, (r, c) in enumerate(chunk):
-            p = len(r.input_ids)
-            result.append(logp[i, p - 1 : p - 1 + len(c)].cpu().numpy())
+        prompt_lens = torch.tensor([len(r.input_ids) for r, _ in chunk])
+        response_lens = torch.tensor([len(c) for _, c in chunk])
+        logp, _ = score_responses(
+            model,
+            ids.to(device),
+            mask.to(device),
+            prompt_lens.to(device),
+            response_lens.to(device),
+            budget_mb=budget_mb,
+        )
+        for i, (_, c) in enumerate(chunk):
+            result.append(logp[i, : len(c)].cpu().numpy())
     return result
 
 

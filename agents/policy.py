@@ -60,7 +60,6 @@ from transformers.cache_utils import DynamicLayer
 from rlhf_gym.agents.distributions import (
     MaskableVocabCategoricalDistribution,
     VocabCategoricalDistribution,
-    log_prob_of,
     sample_with_log_prob,
 )
 from rlhf_gym.agents.fused import RolloutMerge, fuse_activations
@@ -580,21 +579,63 @@ class _LoRACore:
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """``(log_prob, entropy or None, hidden, order)`` of ``actions``, in group order.
 
-        One forward per sequence (:meth:`_grouped_outputs`). Without entropy or masks the
-        log-probs are read through the shared logits rows (one log-softmax and a gather, no
-        distribution object); entropy and per-transition masks need one row per transition.
+        One forward per sequence (:meth:`_grouped_hidden`), then the vocabulary projection of
+        the transitions' hidden states in chunks under ``logit_memory_mb``
+        (:func:`~rlhf_gym.agents.response_scoring.chunked_log_probs`): no pass materialises
+        ``[transitions, vocab]`` float32 logits, and duplicate transitions (a prompt drawn twice)
+        share a forward and cost one ``[hidden]`` row each.
         """
+        from rlhf_gym.agents.response_scoring import chunked_log_probs, tokens_per_chunk
+
         ids, mask = self._obs_tokens(obs)
-        logits, hidden, order, rows = self._grouped_outputs(ids, mask)
-        masks = None if action_masks is None else _rows(action_masks, order, logits.device)
-        actions = actions.to(logits.device).long().flatten()[order]
-        if entropy or masks is not None:
-            logits, rows = _per_transition(logits, rows), None
-        if entropy:
-            dist = self._distribution(logits, masks)
-            return dist.log_prob(actions), dist.entropy(), hidden, order
-        log_prob = log_prob_of(logits, actions, action_masks=masks, rows=rows)
-        return log_prob, None, hidden, order
+        hidden, order = self._grouped_hidden(ids, mask)
+        masks = None if action_masks is None else _rows(action_masks, order, hidden.device)
+        actions = actions.to(hidden.device).long().flatten()[order]
+        head = self.model.get_output_embeddings()
+        softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        log_prob, ent = chunked_log_probs(
+            head,
+            hidden,
+            actions,
+            chunk=tokens_per_chunk(int(head.weight.shape[0]), self.logit_memory_mb),
+            entropy=entropy,
+            softcap=softcap,
+            masks=None if masks is None else masks.bool(),
+            mask_rows=None if masks is None else torch.arange(len(actions), device=hidden.device),
+        )
+        return log_prob, ent, hidden.float(), order
+
+    def _grouped_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden [N, hidden], order [N])``: the LM head's input at each transition's last
+        token, ``hidden[j]`` belonging to transition ``order[j]``; one forward per prefix group
+        (:func:`~rlhf_gym.agents.sequence_eval.group_by_prefix`), no logits asked of the model."""
+        from rlhf_gym.agents.response_scoring import no_logits
+
+        groups = group_by_prefix(input_ids, attention_mask)
+        n_groups = len(groups.representatives)
+        order_parts: list[torch.Tensor] = []
+        hidden_parts: list[torch.Tensor] = []
+        for start in range(0, n_groups, self.eval_chunk_size):
+            stop = min(n_groups, start + self.eval_chunk_size)
+            rows = groups.representatives[start:stop]
+            members = ((groups.group >= start) & (groups.group < stop)).nonzero().flatten()
+            local = groups.group[members] - start
+            pos = groups.lengths[members] - 1
+            width = int(groups.lengths[rows].max())
+            ids = input_ids[rows, :width]
+            out = self.model(
+                input_ids=ids,
+                attention_mask=attention_mask[rows, :width],
+                position_ids=torch.arange(width, device=ids.device).expand(len(rows), width),
+                use_cache=False,
+                output_hidden_states=True,
+                **no_logits(self.model, ids.device),
+            )
+            order_parts.append(members)
+            hidden_parts.append(out.hidden_states[-1][local, pos])  # [n, hidden]
+        return torch.cat(hidden_parts), torch.cat(order_parts)
 
     # ------------------------------------------------------------------ whole responses
     def score_responses(

@@ -4,8 +4,9 @@ The group algorithms (:mod:`rlhf_gym.agents.group_algorithms`) keep episodes, no
 each is the final sequence ``prompt + response``. Scoring one costs one forward of the model's
 trunk; the next-token log-prob of response token ``j`` is read at position ``prompt_len + j - 1``.
 
-Memory follows a budget, not the vocabulary: the trunk is asked for no logits
-(``logits_to_keep=1``) and the LM head is applied to the hidden states of the scored tokens in
+Memory follows a budget, not the vocabulary: the trunk is asked for no logits at all
+(``logits_to_keep`` an empty index tensor: transformers projects ``hidden[:, []]``; even
+``logits_to_keep=1`` would cost ``[batch, vocab]``) and the LM head is applied to the hidden states of the scored tokens in
 chunks of at most ``max(1, budget // (vocab * 12 bytes))`` tokens (a float32 ``[chunk, vocab]``
 block plus the softmax temporaries). With gradients each chunk runs under activation
 checkpointing, so autograd keeps only the chunk's ``[chunk, hidden]`` input and recomputes the
@@ -19,6 +20,7 @@ the tests); models that post-process logits with a soft cap (Gemma 2/3's
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -29,6 +31,14 @@ from rlhf_gym.agents.distributions import MASKED_LOGIT
 
 #: Bytes per vocabulary entry of a scored token: float32 logits, exp and one temporary.
 _BYTES_PER_LOGIT = 12
+
+
+def no_logits(model: Any, device: torch.device) -> dict[str, Any]:
+    """Forward kwargs that ask ``model`` for no logits, when its forward takes ``logits_to_keep``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return {}
+    return {"logits_to_keep": torch.empty(0, dtype=torch.long, device=device)}
 
 
 def tokens_per_chunk(vocab: int, budget_mb: float) -> int:
@@ -144,7 +154,7 @@ def score_responses(
         position_ids=position_ids,
         use_cache=False,
         output_hidden_states=True,
-        logits_to_keep=1,
+        **no_logits(model, input_ids.device),
     )
     hidden = out.hidden_states[-1]  # [B, W, hidden]: the LM head's input
     positions, valid = response_positions(prompt_lens, response_lens, width)
