@@ -59,12 +59,11 @@ def _score_chunk(
         logits = torch.tanh(logits / softcap) * softcap
     if allowed is not None:  # [c, vocab] bool: sb3-contrib's masked logit for the others
         logits = logits.masked_fill(~allowed, MASKED_LOGIT)
-    lse = torch.logsumexp(logits, dim=-1)  # [c]
-    log_prob = logits.gather(-1, tokens[:, None]).squeeze(-1) - lse  # [c]
+    log_probs = torch.log_softmax(logits, dim=-1)  # [c, vocab]: one fused pass on a CPU
+    log_prob = log_probs.gather(-1, tokens[:, None]).squeeze(-1)  # [c]
     if not entropy:
         return log_prob, torch.zeros_like(log_prob)
-    probs = torch.softmax(logits, dim=-1)
-    return log_prob, lse - (probs * logits).sum(-1)
+    return log_prob, -(log_probs.exp() * log_probs).sum(-1)
 
 
 def chunked_log_probs(
