@@ -43,7 +43,7 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
 import numpy as np
@@ -139,6 +139,7 @@ class _LoRACore:
         merge_for_rollout: bool = True,
         eval_chunk_size: int = 64,
         logit_memory_mb: float = 256.0,
+        gradient_checkpointing: bool = False,
         use_sde: bool = False,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -173,6 +174,10 @@ class _LoRACore:
         :param logit_memory_mb: budget of one ``[tokens, vocab]`` float32 block when whole
             responses are scored (:meth:`score_responses`); the vocabulary projection runs in
             chunks of tokens that fit it.
+        :param gradient_checkpointing: recompute each layer's activations in the backward pass
+            instead of keeping them (transformers' non-reentrant checkpointing): training
+            memory no longer grows with layers x tokens, for about one more forward of time.
+            For long answers. Only training passes checkpoint; rollouts never keep activations.
         :param use_sde: must be False (kept because stable-baselines3 always passes it).
         """
         if use_sde:
@@ -210,6 +215,9 @@ class _LoRACore:
         fuse_activations(base)
         base.eval()
         self.model = apply_lora(base, lora)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if self.gradient_checkpointing:
+            _enable_checkpointing(self.model.get_base_model())
         self.lora_config = self.model.peft_config["default"]
         self.dtype = resolve_dtype(dtype)
         self.attn_implementation = attn_implementation
@@ -363,6 +371,7 @@ class _LoRACore:
             merge_for_rollout=self.merge_for_rollout,
             eval_chunk_size=self.eval_chunk_size,
             logit_memory_mb=self.logit_memory_mb,
+            gradient_checkpointing=self.gradient_checkpointing,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
         )
@@ -605,6 +614,20 @@ class _LoRACore:
         )
         return log_prob, ent, hidden.float(), order
 
+    @contextmanager
+    def _training_forward(self) -> Iterator[None]:
+        """Layers checkpoint only in train mode (transformers' rule); the LM otherwise stays in
+        eval mode (dropout is off either way), so a gradient pass switches it for its duration."""
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            yield
+            return
+        previous = self.model.training
+        self.model.train(True)
+        try:
+            yield
+        finally:
+            self.model.train(previous)
+
     def _grouped_hidden(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -625,14 +648,15 @@ class _LoRACore:
             pos = groups.lengths[members] - 1
             width = int(groups.lengths[rows].max())
             ids = input_ids[rows, :width]
-            out = self.model(
-                input_ids=ids,
-                attention_mask=attention_mask[rows, :width],
-                position_ids=torch.arange(width, device=ids.device).expand(len(rows), width),
-                use_cache=False,
-                output_hidden_states=True,
-                **no_logits(self.model, ids.device),
-            )
+            with self._training_forward():
+                out = self.model(
+                    input_ids=ids,
+                    attention_mask=attention_mask[rows, :width],
+                    position_ids=torch.arange(width, device=ids.device).expand(len(rows), width),
+                    use_cache=False,
+                    output_hidden_states=True,
+                    **no_logits(self.model, ids.device),
+                )
             order_parts.append(members)
             hidden_parts.append(out.hidden_states[-1][local, pos])  # [n, hidden]
         return torch.cat(hidden_parts), torch.cat(order_parts)
@@ -673,7 +697,7 @@ class _LoRACore:
         parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         context = self.model.disable_adapter() if reference else nullcontext()
         grad = torch.no_grad() if reference else nullcontext()
-        with context, grad:
+        with context, grad, self._training_forward():
             for start in range(0, ids.shape[0], self.eval_chunk_size):
                 rows = slice(start, start + self.eval_chunk_size)
                 width = int((prompt_lens[rows] + response_lens[rows]).max())
@@ -742,6 +766,16 @@ class _LoRACore:
         if merged:
             return export_merged(self, save_directory, tokenizer=tokenizer)  # type: ignore[arg-type]
         return export_adapter(self, save_directory)  # type: ignore[arg-type]
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    """Non-reentrant activation checkpointing of every layer (frozen inputs need no grad hooks)."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:  # transformers >= 5.x; gradient_checkpointing_enable is deprecated
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def record_model_by_path(policy_kwargs: dict[str, Any], policy: Any) -> dict[str, Any]:

@@ -101,6 +101,21 @@ class TrainConfig:
         default=None,
         metadata={"help": "modules to adapt; default: peft's choice for the architecture"},
     )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the base weights: float32, bfloat16 or float16 (unset: the "
+            "checkpoint's); LoRA weights and the value head stay float32"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in backward (less memory for long answers)"},
+    )
+    logit_memory_mb: float = field(
+        default=256.0,
+        metadata={"help": "budget (MiB) of one [tokens, vocab] block in training and KL passes"},
+    )
     kl_coef: float = field(
         default=0.5,
         metadata={
@@ -348,7 +363,12 @@ class _Run:
                 kl_horizon=cfg.kl_horizon,
                 seed=cfg.seed,
                 device=cfg.device,
-                policy_kwargs={"trust_remote_code": cfg.trust_remote_code},
+                policy_kwargs={
+                    "trust_remote_code": cfg.trust_remote_code,
+                    "dtype": cfg.dtype,
+                    "gradient_checkpointing": cfg.gradient_checkpointing,
+                    "logit_memory_mb": cfg.logit_memory_mb,
+                },
                 **algo_kwargs,
             )
         formats = ["tensorboard"] if _has_tensorboard() else []

@@ -264,7 +264,8 @@ class RewardModel(Reward):
     Args:
         path: local directory or hub id of the classifier; the tokenizer is loaded from the same
             place unless ``tokenizer`` is given.
-        model: an already loaded classifier to use instead of ``path``.
+        model: an already loaded classifier to use instead of ``path``, or a path / hub id
+            (``model="path"``, as Hugging Face and TRL users write it; the same as ``path=``).
         tokenizer: tokenizer object or path; required with ``model``.
         batch_size: completions per forward pass (inputs are sorted by length to pad less).
         device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a
@@ -292,7 +293,7 @@ class RewardModel(Reward):
         self,
         path: str | os.PathLike[str] | None = None,
         *,
-        model: torch.nn.Module | None = None,
+        model: torch.nn.Module | str | os.PathLike[str] | None = None,
         tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
         batch_size: int = 32,
         device: Device = "auto",
@@ -304,6 +305,13 @@ class RewardModel(Reward):
         trust_remote_code: bool = False,
         revision: str | None = None,
     ) -> None:
+        if isinstance(model, (str, os.PathLike)):
+            # model="path/or/hub-id", as Hugging Face and TRL users write it.
+            if path is not None:
+                raise ValueError(
+                    f"RewardModel got both path={str(path)!r} and model={str(model)!r}; give one."
+                )
+            path, model = model, None
         if (path is None) == (model is None):
             raise ValueError(
                 "RewardModel needs exactly one of path=... (directory or hub id) or model=...."

@@ -220,3 +220,33 @@ def test_wrong_observation_space_is_explained(tiny_lm_dir: Path) -> None:
         LoRAPolicy(
             spaces.Box(0, 1, (4,)), spaces.Discrete(300), lambda _: 1e-3, model=str(tiny_lm_dir)
         )
+
+
+def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(
+    tiny_tokenizer_dir, tiny_lm_dir
+):
+    from rlhf_gym.agents import make_agent
+    from tests.test_agents_support import make_env, to_tensor_obs
+
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        env = make_env(tiny_tokenizer_dir, num_envs=2)
+        agent = make_agent(
+            "ppo", env, model=str(tiny_lm_dir), lora={"r": 4}, device="cpu", seed=0,
+            policy_kwargs={"gradient_checkpointing": checkpointing},
+        )  # fmt: skip
+        policy = agent.policy
+        obs = env.reset()
+        actions = torch.tensor([3, 5])
+        layer = policy.model.get_base_model().transformer.h[0].attn  # inside the checkpoint
+        count = [0]
+        mode = policy.model.training
+        hook = layer.register_forward_hook(lambda *a: count.__setitem__(0, count[0] + 1))
+        _, log_prob, _ = policy.evaluate_actions(to_tensor_obs(obs), actions)
+        log_prob.sum().backward()
+        hook.remove()
+        calls.append(count[0])
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]))
+        assert policy.model.training == mode  # the pass restores the module's mode
+    assert calls == [1, 2]  # the checkpointed layer ran again in backward
+    torch.testing.assert_close(grads[0], grads[1])

@@ -353,3 +353,18 @@ def test_preference_pair_errors_name_file_and_line(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_preference_pairs(tmp_path / "nope.jsonl")
     assert load_preference_pairs([{**json.loads(good), "extra": 1}]) == [json.loads(good)]
+
+
+def test_reward_model_accepts_model_as_a_path(tiny_rm_dir):
+    from rlhf_gym.rewards import RewardModel, resolve_reward
+
+    by_path = RewardModel(path=str(tiny_rm_dir), device="cpu")
+    by_model = RewardModel(model=str(tiny_rm_dir), device="cpu")
+    prompts, completions = ["the movie was"], [" great"]
+    assert by_model(prompts, completions) == by_path(prompts, completions)
+    mix = resolve_reward({"reward_model": {"weight": 1.0, "model": str(tiny_rm_dir)}})
+    assert mix(prompts=prompts, completions=completions).total.tolist() == pytest.approx(
+        by_path(prompts, completions)
+    )
+    with pytest.raises(ValueError, match="got both path=.* and model="):
+        RewardModel(path=str(tiny_rm_dir), model=str(tiny_rm_dir))
