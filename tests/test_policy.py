@@ -241,12 +241,14 @@ def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(
         layer = policy.model.get_base_model().transformer.h[0].attn  # inside the checkpoint
         count = [0]
         mode = policy.model.training
-        hook = layer.register_forward_hook(lambda *a: count.__setitem__(0, count[0] + 1))
+        hook = layer.register_forward_hook(lambda *a, c=count: c.__setitem__(0, c[0] + 1))
         _, log_prob, _ = policy.evaluate_actions(to_tensor_obs(obs), actions)
         log_prob.sum().backward()
         hook.remove()
         calls.append(count[0])
-        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]))
+        grads.append(
+            torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+        )
         assert policy.model.training == mode  # the pass restores the module's mode
     assert calls == [1, 2]  # the checkpointed layer ran again in backward
     torch.testing.assert_close(grads[0], grads[1])
