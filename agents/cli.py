@@ -281,6 +281,8 @@ def _evaluate(cfg: EvaluateConfig) -> int:
     kwargs = dict(
         max_new_tokens=env.max_new_tokens,
         stop_strings=env.stop_strings,
+        eos_token_ids=env.eos_token_ids,
+        stop_on_eos=env.stop_on_eos,
         positive_threshold=threshold,
         metrics=metrics,
         seed=cfg.seed,
@@ -308,14 +310,23 @@ def _generate(cfg: GenerateConfig) -> int:
 
     lm, base = _load_policy_model(cfg.adapter, cfg.model)
     if cfg.prompt:
-        from rlhf_gym.envs import load_tokenizer
+        from rlhf_gym.envs import eos_token_ids, load_tokenizer
 
         tokenizer = load_tokenizer(base)
         rows = list(PromptDataset.from_source(cfg.prompt, tokenizer, max_prompt_tokens=10**6))
+        eos_ids = eos_token_ids(tokenizer, base)  # the model's EOS ids, as the env would stop
     else:
         env = TextGenerationEnv(split="eval")
         tokenizer, rows = env.tokenizer, list(env.dataset)[: cfg.num]
-    out = sample(lm, tokenizer, rows, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        eos_ids = env.eos_token_ids
+    out = sample(
+        lm,
+        tokenizer,
+        rows,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_ids=eos_ids,
+        seed=cfg.seed,
+    )
     for row, text in zip(out.rows, out.completions, strict=True):
         console.print(f"{row.text}[cyan]{text}[/]", highlight=False)
     return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rlhf_gym.envs.episode_end import end_of_response
 from rlhf_gym.envs.prompts import PromptRow, reward_kwargs
 from rlhf_gym.rewards import CompositeReward, resolve_reward
 
@@ -80,15 +81,24 @@ def sample(
     max_new_tokens: int,
     stop_strings: Sequence[str] = (),
     stop_on_eos: bool = True,
+    eos_token_ids: Iterable[int] | None = None,
     batch_size: int = 64,
     seed: int = 0,
 ) -> Samples:
-    """Sample one completion per row at temperature 1, ended as the env would end it."""
+    """Sample one completion per row at temperature 1, ended as the env would end it.
+
+    The env's rule (:func:`rlhf_gym.envs.episode_end.end_of_response`): the first of the EOS ids
+    (kept) or the first stop string (the ids up to the token that completed it; the text cut
+    before it), else ``max_new_tokens``. ``eos_token_ids``: the env's ``eos_token_ids``
+    (default: the tokenizer's EOS).
+    """
     device = next(model.parameters()).device
     pad = int(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    eos = tokenizer.eos_token_id if stop_on_eos else None
+    eos_ids: frozenset[int] = frozenset()
+    if stop_on_eos:
+        eos_ids = frozenset(eos_token_ids or ()) or frozenset({int(tokenizer.eos_token_id)})
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
     out_ids: list[list[int]] = []
@@ -109,27 +119,27 @@ def sample(
                 top_k=0,
                 top_p=1.0,
                 max_new_tokens=max_new_tokens,
-                eos_token_id=eos,
+                eos_token_id=sorted(eos_ids) or None,
                 pad_token_id=pad,
             )
-            for row in gen[:, width:].tolist():
-                out_ids.append(_cut_at_eos(row, eos))
+            out_ids += gen[:, width:].tolist()
     finally:
         torch.set_rng_state(generator_state)
-    texts = [_text(tokenizer, ids, stop_strings) for ids in out_ids]
-    return Samples(list(rows), out_ids, texts)
 
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
 
-def _cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
-    if eos is not None and eos in ids:
-        return ids[: ids.index(eos) + 1]  # the env keeps the EOS action in the episode
-    return ids
-
-
-def _text(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop_strings: Sequence[str]) -> str:
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
-    return text[: min(cuts)] if cuts else text
+    ended = [
+        end_of_response(
+            ids,
+            eos_ids=eos_ids,
+            stop_strings=stop_strings,
+            max_new_tokens=max_new_tokens,
+            decode=decode,
+        )
+        for ids in out_ids
+    ]
+    return Samples(list(rows), [e[0] for e in ended], [e[1] for e in ended])
 
 
 @torch.no_grad()
@@ -190,12 +200,18 @@ def evaluate_model(
     max_new_tokens: int,
     use_adapter: bool = True,
     stop_strings: Sequence[str] = (),
+    eos_token_ids: Iterable[int] | None = None,
+    stop_on_eos: bool = True,
     positive_threshold: float = 0.0,
     metrics: Mapping[str, Any] | None = None,
     seed: int = 0,
     n_samples_kept: int = 4,
 ) -> EvalStats:
-    """Sample from ``model`` (or its base when ``use_adapter=False``) on ``rows`` and summarise."""
+    """Sample from ``model`` (or its base when ``use_adapter=False``) on ``rows`` and summarise.
+
+    Pass the env's ``stop_strings``, ``eos_token_ids`` and ``stop_on_eos`` so evaluated episodes
+    end by the env's own rule.
+    """
     reward_fn: CompositeReward = resolve_reward(reward)
     was_training = model.training
     model.eval()
@@ -206,6 +222,8 @@ def evaluate_model(
             rows,
             max_new_tokens=max_new_tokens,
             stop_strings=stop_strings,
+            stop_on_eos=stop_on_eos,
+            eos_token_ids=eos_token_ids,
             seed=seed,
         )
         logp = completion_logprobs(model, samples)

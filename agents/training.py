@@ -409,6 +409,8 @@ class _Run:
             max_new_tokens=env.max_new_tokens,
             use_adapter=use_adapter,
             stop_strings=env.stop_strings,
+            eos_token_ids=env.eos_token_ids,
+            stop_on_eos=env.stop_on_eos,
             positive_threshold=self.positive_threshold,
             metrics=self.metrics,
             seed=self.cfg.seed,

@@ -5,6 +5,7 @@ Importing this package registers ``rlhf_gym/TextGeneration-v0``.
 
 from __future__ import annotations
 
+from rlhf_gym.envs.episode_end import end_of_response, eos_token_ids
 from rlhf_gym.envs.prompts import PromptDataset, PromptRow, PromptSampler, read_records
 from rlhf_gym.envs.registration import ENV_ID, register_envs
 from rlhf_gym.envs.text_env import TextGenerationEnv
@@ -21,6 +22,8 @@ __all__ = [
     "SB3VecEnv",
     "TextGenerationEnv",
     "TextGenerationVectorEnv",
+    "end_of_response",
+    "eos_token_ids",
     "load_tokenizer",
     "make_vec_env",
     "read_records",

@@ -12,6 +12,8 @@ from gymnasium import spaces
 from gymnasium.error import InvalidAction, ResetNeeded
 from transformers import PreTrainedTokenizerBase
 
+from rlhf_gym.envs.episode_end import eos_token_ids as eos_token_ids_of
+from rlhf_gym.envs.episode_end import stop_string_cut
 from rlhf_gym.envs.prompts import (
     PromptDataset,
     PromptRow,
@@ -65,7 +67,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
 
     ## Episode End
 
-    * Termination: the agent emits the EOS token (``stop_on_eos=True``) or the decoded response
+    * Termination: the agent emits an EOS token (``stop_on_eos=True``) or the decoded response
       contains one of ``stop_strings`` (the response text is cut before it).
     * Truncation: the response reaches ``max_new_tokens``. The env truncates by itself rather than
       relying on a ``TimeLimit`` wrapper, because it must know the last step to score it.
@@ -91,6 +93,10 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
       seeded permutation and serve the ``"train"`` or ``"eval"`` part (or ``"all"``).
     * ``sampling``: ``"epoch"`` or ``"uniform"``.
     * ``stop_on_eos``, ``stop_strings``: termination conditions.
+    * ``eos_token_ids``: more ids that end a response. The tokenizer's EOS and, when the
+      tokenizer is loaded from a directory with ``generation_config.json``, every id its
+      ``eos_token_id`` lists are always included (instruct models end turns with e.g.
+      ``<|im_end|>``; see :mod:`rlhf_gym.envs.episode_end`).
     * ``vocab_size``: size of the action space when it differs from ``len(tokenizer)``.
     * ``banned_tokens``, ``allowed_tokens``: ids or token strings for :meth:`action_masks`.
     * ``trust_remote_code``: passed to ``from_pretrained`` (off by default).
@@ -128,6 +134,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         split_seed: int = 0,
         sampling: Sampling = "epoch",
         stop_on_eos: bool = True,
+        eos_token_ids: Sequence[int] | None = None,
         stop_strings: Sequence[str] | None = None,
         vocab_size: int | None = None,
         banned_tokens: Sequence[int | str] | None = None,
@@ -153,6 +160,10 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
             tokenizer, trust_remote_code=trust_remote_code, require_eos=stop_on_eos
         )
         self.eos_token_id: int | None = self.tokenizer.eos_token_id
+        #: Every id that ends a response (see :mod:`rlhf_gym.envs.episode_end`).
+        self.eos_token_ids: frozenset[int] = eos_token_ids_of(
+            self.tokenizer, tokenizer, eos_token_ids
+        )
         self.pad_token_id: int = int(self.tokenizer.pad_token_id)
         self.stop_on_eos = stop_on_eos
         self.stop_strings = tuple(stop_strings or ())
@@ -160,10 +171,10 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
             raise ValueError("stop_strings must be non-empty strings")
 
         self.vocab_size = int(vocab_size) if vocab_size is not None else len(self.tokenizer)
-        if self.vocab_size <= max(self.pad_token_id, self.eos_token_id or 0):
+        if self.vocab_size <= max(self.pad_token_id, *self.eos_token_ids, 0):
             raise ValueError(
                 f"vocab_size={self.vocab_size} does not cover the pad/EOS ids of the tokenizer "
-                f"({self.pad_token_id}/{self.eos_token_id})"
+                f"({self.pad_token_id}/{sorted(self.eos_token_ids)})"
             )
 
         compiled = PromptDataset.from_source(
@@ -290,7 +301,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         self._mask[pos] = 1
         self._n_new += 1
         terminated = False
-        if self.stop_on_eos and token == self.eos_token_id:
+        if self.stop_on_eos and token in self.eos_token_ids:
             terminated, self._finish_reason = True, "eos"
         elif self.stop_strings and self._hit_stop_string():
             terminated, self._finish_reason = True, "stop"
@@ -318,7 +329,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
 
     def _hit_stop_string(self) -> bool:
         text = self.tokenizer.decode(self.response_ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=-1)
+        cut = stop_string_cut(text, self.stop_strings)
         if cut < 0:
             return False
         self._response_text = text[:cut]
@@ -357,8 +368,8 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         if allowed is not None:
             mask = np.zeros(self.vocab_size, dtype=bool)
             mask[self._token_ids(allowed, "allowed_tokens")] = True
-            if self.stop_on_eos and self.eos_token_id is not None:
-                mask[self.eos_token_id] = True  # episodes must still be able to end
+            if self.stop_on_eos:
+                mask[sorted(self.eos_token_ids)] = True  # episodes must still be able to end
         else:
             mask = np.ones(self.vocab_size, dtype=bool)
         if banned is not None:
