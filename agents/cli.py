@@ -184,8 +184,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def stats_table(title: str, columns: dict[str, Any]) -> Table:
-    """A table of EvalStats side by side (one column per model)."""
+def stats_table(title: str, columns: dict[str, Any], *, default_task: bool = True) -> Table:
+    """A table of EvalStats side by side (one column per model); the "rated positive" row uses
+    the default task's reward threshold and is shown only for it."""
     table = Table(title=title)
     table.add_column("held-out metric")
     for name in columns:
@@ -201,6 +202,8 @@ def stats_table(title: str, columns: dict[str, Any]) -> Table:
         ("mean length (tokens)", "mean_length", "{:.1f}"),
     ]
     for label, key, fmt in rows:
+        if key == "positive_share" and not default_task:
+            continue
         table.add_row(label, *(fmt.format(getattr(s, key)) for s in columns.values()))
     metric_names = list(next(iter(columns.values())).metrics)
     for m in metric_names:
@@ -222,8 +225,16 @@ def _print_train_report(result: Any) -> None:
         stats_table(
             f"{result.timesteps} steps in {result.seconds:.0f} s",
             {"before (base)": result.before, "after (LoRA)": result.after},
+            default_task=bool(result.checks),
         )
     )
+    if not result.checks:  # a user's task: the figures, no default-task thresholds
+        gain = result.after.reward_mean - result.before.reward_mean
+        console.print(
+            f"held-out reward {result.before.reward_mean:+.3f} -> "
+            f"{result.after.reward_mean:+.3f} ({gain:+.3f})",
+            highlight=False,
+        )
     for check in result.checks:
         mark = "[green]PASS[/]" if check.passed else "[yellow]MISS[/]"
         console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
@@ -272,7 +283,8 @@ def _evaluate(cfg: EvaluateConfig) -> int:
     env = TextGenerationEnv(**env_kwargs)
     metrics: dict[str, Any] = {}
     threshold = 0.0
-    if cfg.reward is None:
+    default = cfg.reward is None and cfg.prompts is None
+    if default:
         from rlhf_gym.envs import default_task
 
         metrics = default_task.independent_metrics()
@@ -294,7 +306,7 @@ def _evaluate(cfg: EvaluateConfig) -> int:
         columns["adapter"] = evaluate_model(
             lm, env.tokenizer, rows, env.reward_fn, use_adapter=True, **kwargs
         )
-    console.print(stats_table(f"{len(rows)} held-out prompts", columns))
+    console.print(stats_table(f"{len(rows)} held-out prompts", columns, default_task=default))
     for name, stats in columns.items():
         _print_samples(f"samples ({name})", stats.samples)
     if cfg.output:
@@ -328,7 +340,7 @@ def _generate(cfg: GenerateConfig) -> int:
         seed=cfg.seed,
     )
     for row, text in zip(out.rows, out.completions, strict=True):
-        console.print(f"{row.text}[cyan]{text}[/]", highlight=False)
+        console.print(f"{row.shown}[cyan]{text}[/]", highlight=False)
     return 0
 
 

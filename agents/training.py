@@ -67,6 +67,10 @@ class TrainConfig:
     max_new_tokens: int | None = field(
         default=None, metadata={"help": "longest response in tokens"}
     )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "system turn put first in every chat-templated prompt that has none"},
+    )
     total_timesteps: int = field(
         default=16384, metadata={"help": "environment steps (tokens generated) to train for"}
     )
@@ -200,9 +204,15 @@ def learning_checks(before: EvalStats, after: EvalStats) -> list[Check]:
     return checks
 
 
+def is_default_task(cfg: TrainConfig) -> bool:
+    """Whether the run is the embedded default task (its prompts and reward model), the only
+    task whose checks, thresholds and independent metrics mean anything."""
+    return cfg.reward is None and cfg.prompts is None
+
+
 def default_metrics(cfg: TrainConfig) -> dict[str, Any]:
     """Independent metrics for the default task (a lexicon scorer the reward model never saw)."""
-    if cfg.reward is not None:
+    if not is_default_task(cfg):
         return {}
     from rlhf_gym.envs import default_task
 
@@ -213,7 +223,7 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.tokenizer is not None or cfg.model is not None:
         kwargs["tokenizer"] = cfg.tokenizer or cfg.model
-    for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens"):
+    for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens", "system_prompt"):
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
     if cfg.prompts is not None and cfg.eval_prompts is None:
@@ -384,7 +394,7 @@ class _Run:
         return self.agent.policy.model
 
     def _positive_threshold(self) -> float:
-        if self.cfg.reward is None:
+        if is_default_task(self.cfg):
             from rlhf_gym.envs import default_task
 
             return default_task.positive_threshold()
@@ -467,7 +477,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         json.dumps({"before": before.samples, "after": after.samples}, indent=2, ensure_ascii=False)
     )
     plot_reward_curve(out)
-    checks = learning_checks(before, after)
+    # The default task's bounds mean nothing for a user's reward: no PASS/MISS in their runs.
+    checks = learning_checks(before, after) if is_default_task(cfg) else []
     summary = {
         "before": before.as_row(),
         "after": after.as_row(),

@@ -56,6 +56,13 @@ class PromptRow:
     input_ids: np.ndarray
     extras: dict[str, Any] = field(default_factory=dict)
     truncated: bool = False
+    #: What a person asked: the last user turn of a chat row, else the prompt text. Samples
+    #: show it instead of the whole rendered template.
+    query: str = ""
+
+    @property
+    def shown(self) -> str:
+        return self.query or self.text
 
 
 def reward_kwargs(
@@ -224,6 +231,7 @@ class PromptDataset:
         messages_column: str = "messages",
         chat_template: bool | None = None,
         truncation: Truncation = "left",
+        system_prompt: str | None = None,
     ) -> PromptDataset:
         """Read, render, tokenize and truncate every prompt of ``source``.
 
@@ -236,6 +244,8 @@ class PromptDataset:
             chat_template: ``None`` renders only chat-style rows with the template; ``True`` also
                 wraps plain prompts as one user message; ``False`` rejects chat-style rows.
             truncation: ``"left"`` keeps the last ``max_prompt_tokens`` tokens; ``"error"`` raises.
+            system_prompt: a system message put first in every templated prompt that has none
+                (plain prompts are then wrapped as a user turn, as with ``chat_template=True``).
         """
         if isinstance(source, PromptDataset):
             return source
@@ -246,8 +256,8 @@ class PromptDataset:
         rows: list[PromptRow] = []
         n_truncated = 0
         for i, rec in enumerate(records):
-            text, extras, rendered = _prompt_text(
-                rec, prompt_column, messages_column, chat_template, tokenizer
+            text, extras, rendered, query = _prompt_text(
+                rec, prompt_column, messages_column, chat_template, tokenizer, system_prompt
             )
             ids = tokenizer(text, add_special_tokens=not rendered)["input_ids"]
             if len(ids) == 0:
@@ -263,7 +273,9 @@ class PromptDataset:
                 ids = ids[-max_prompt_tokens:]
                 text = tokenizer.decode(ids)
                 n_truncated += 1
-            rows.append(PromptRow(i, text, np.asarray(ids, dtype=np.int64), extras, truncated))
+            rows.append(
+                PromptRow(i, text, np.asarray(ids, dtype=np.int64), extras, truncated, query)
+            )
         if n_truncated:
             warnings.warn(
                 f"{name}: {n_truncated} of {len(rows)} prompts were longer than max_prompt_tokens="
@@ -298,8 +310,9 @@ def _prompt_text(
     messages_column: str,
     chat_template: bool | None,
     tokenizer: PreTrainedTokenizerBase,
-) -> tuple[str, dict[str, Any], bool]:
-    """Return (text, extra columns, rendered-with-template) for one record."""
+    system_prompt: str | None = None,
+) -> tuple[str, dict[str, Any], bool, str]:
+    """Return (text, extra columns, rendered-with-template, the user's query) for one record."""
     data = rec.data
     if prompt_column in data:
         column = prompt_column
@@ -315,16 +328,31 @@ def _prompt_text(
     if _is_messages(value):
         if chat_template is False:
             raise ValueError(f"{rec.where}: chat messages given but chat_template=False")
-        return _render(value, tokenizer, rec.where), extras, True
+        messages = _with_system(value, system_prompt)
+        users = [str(m["content"]) for m in messages if m["role"] == "user"]
+        query = users[-1] if users else str(messages[-1]["content"])
+        return _render(messages, tokenizer, rec.where), extras, True, query
     if not isinstance(value, str):
         raise TypeError(
             f"{rec.where}: column {column!r} must hold a string or chat messages, got {type(value).__name__}"
         )
     if not value.strip():
         raise ValueError(f"{rec.where}: empty prompt in column {column!r}")
-    if chat_template:
-        return _render([{"role": "user", "content": value}], tokenizer, rec.where), extras, True
-    return value, extras, False
+    if chat_template or (chat_template is None and system_prompt is not None):
+        messages = _with_system([{"role": "user", "content": value}], system_prompt)
+        return _render(messages, tokenizer, rec.where), extras, True, value
+    if system_prompt is not None:
+        raise ValueError(f"{rec.where}: system_prompt needs chat_template (it is False)")
+    return value, extras, False, value
+
+
+def _with_system(
+    messages: list[Mapping[str, Any]], system_prompt: str | None
+) -> list[Mapping[str, Any]]:
+    """``messages`` with ``system_prompt`` first, unless it is None or a system turn exists."""
+    if system_prompt is None or messages[0].get("role") == "system":
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
 
 
 def _is_messages(value: Any) -> bool:

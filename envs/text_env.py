@@ -88,6 +88,8 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
     * ``max_prompt_tokens``, ``max_new_tokens``: the two halves of ``L``.
     * ``prompt_column``, ``messages_column``, ``chat_template``: which column holds the prompt and
       how chat messages are rendered (see :mod:`rlhf_gym.envs.prompts`).
+    * ``system_prompt``: a system turn put first in every templated prompt that lacks one
+      (plain prompts are then rendered as a user turn).
     * ``truncation``: ``"left"`` (keep a long prompt's last tokens) or ``"error"``.
     * ``split``, ``eval_fraction``, ``split_seed``: hold out ``eval_fraction`` of the prompts by a
       seeded permutation and serve the ``"train"`` or ``"eval"`` part (or ``"all"``).
@@ -128,6 +130,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         prompt_column: str = "prompt",
         messages_column: str = "messages",
         chat_template: bool | None = None,
+        system_prompt: str | None = None,
         truncation: Truncation = "left",
         split: Split = "train",
         eval_fraction: float = 0.0,
@@ -185,6 +188,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
             messages_column=messages_column,
             chat_template=chat_template,
             truncation=truncation,
+            system_prompt=system_prompt,
         )
         longest = max(len(row.input_ids) for row in compiled)
         if longest > self.max_prompt_tokens:

@@ -158,3 +158,13 @@ def test_train_and_resume_a_group_algorithm(tmp_path, tiny_task, algo):
         int(r["time/total_timesteps"]) for r in csv.DictReader((out / "progress.csv").open())
     ]
     assert resumed == sorted(set(resumed)) and resumed[-1] >= steps[-1] + 48
+
+
+@pytest.mark.slow
+def test_a_users_run_shows_no_default_task_checks(tmp_path, tiny_task, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *tiny_task, "--total-timesteps", "48", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out reward" in printed
+    assert "PASS" not in printed and "MISS" not in printed and "rated positive" not in printed
+    assert json.loads((out / "summary.json").read_text())["checks"] == []

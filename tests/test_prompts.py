@@ -171,3 +171,25 @@ def test_chat_messages_need_a_template(tiny_tokenizer):
         [{"prompt": [{"role": "user", "content": "hi"}]}], tiny_tokenizer, max_prompt_tokens=32
     )
     assert ds[0].text == "<|user|>hi\n<|assistant|>"
+
+
+def test_system_prompt_and_the_user_query(tiny_tokenizer):
+    from rlhf_gym.envs import PromptDataset
+
+    rows = PromptDataset.from_source(
+        [
+            "plain question",
+            {"messages": [{"role": "user", "content": "chat question"}]},
+            {"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "q"}]},
+        ],
+        tiny_tokenizer,
+        max_prompt_tokens=64,
+        system_prompt="be brief",
+    )
+    texts = [r.text for r in rows]
+    assert texts[0] == "<|system|>be brief\n<|user|>plain question\n<|assistant|>"
+    assert texts[1].startswith("<|system|>be brief\n<|user|>chat question")
+    assert texts[2].startswith("<|system|>own\n") and "be brief" not in texts[2]
+    assert [r.shown for r in rows] == ["plain question", "chat question", "q"]
+    without = PromptDataset.from_source(["plain question"], tiny_tokenizer, max_prompt_tokens=64)
+    assert without[0].text == "plain question" and without[0].shown == "plain question"
