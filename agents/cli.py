@@ -70,6 +70,13 @@ class GenerateConfig:
         metadata={"help": "base causal LM; default: the adapter's base or the default policy"},
     )
     max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate"})
+    chat_template: bool | None = field(
+        default=None,
+        metadata={
+            "help": "render --prompt as a user turn with the tokenizer's chat template "
+            "(unset: when the tokenizer has one)"
+        },
+    )
     num: int = field(default=4, metadata={"help": "completions when no --prompt is given"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
@@ -325,7 +332,14 @@ def _generate(cfg: GenerateConfig) -> int:
         from rlhf_gym.envs import eos_token_ids, load_tokenizer
 
         tokenizer = load_tokenizer(base)
-        rows = list(PromptDataset.from_source(cfg.prompt, tokenizer, max_prompt_tokens=10**6))
+        chat = cfg.chat_template
+        if chat is None:  # an instruct model answers its own template, as pipelines render it
+            chat = bool(getattr(tokenizer, "chat_template", None))
+        rows = list(
+            PromptDataset.from_source(
+                cfg.prompt, tokenizer, max_prompt_tokens=10**6, chat_template=chat
+            )
+        )
         eos_ids = eos_token_ids(tokenizer, base)  # the model's EOS ids, as the env would stop
     else:
         env = TextGenerationEnv(split="eval")
