@@ -20,7 +20,7 @@ import argparse
 import time
 from typing import Any
 
-from common import e_fraction, emit, median, set_threads, synchronize
+from common import TRL_QUIET, e_fraction, emit, median, set_threads, synchronize
 
 PROMPTS = 32
 NEW_TOKENS = 64
@@ -143,9 +143,7 @@ def trl(args: argparse.Namespace) -> dict[str, Any]:
             num_generations=4, num_iterations=1, max_steps=args.warmup + args.updates,
             learning_rate=LR, beta=BETA, max_completion_length=NEW_TOKENS, temperature=1.0,
             top_k=0, top_p=1.0, generation_kwargs={"min_new_tokens": NEW_TOKENS}, use_cpu=True,
-            bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-            logging_strategy="no", disable_tqdm=True, log_completions=False, seed=0,
-            dataloader_num_workers=0,
+            bf16=False, seed=0, **TRL_QUIET,
         )  # fmt: skip
         trainer = GRPOTrainer(model=args.model, reward_funcs=reward, args=config,
                               train_dataset=dataset, processing_class=tokenizer,

@@ -40,6 +40,7 @@ from typing import Any
 
 from common import (
     TASK,
+    TRL_QUIET,
     add_backend_args,
     e_fraction,
     emit,
@@ -114,14 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             use_cpu=args.device == "cpu",
             bf16=args.dtype == "bfloat16",
             model_init_kwargs={"dtype": args.dtype},
-            gradient_checkpointing=False,
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=True,
-            log_completions=False,
             seed=TASK.seed,
-            dataloader_num_workers=0,
+            **TRL_QUIET,
         )
         timer = StepTimer()
         trainer = GRPOTrainer(

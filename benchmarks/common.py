@@ -113,6 +113,19 @@ def load_prompts(paths: TaskPaths) -> list[str]:
     return list(json.loads(paths.prompts.read_text())["prompts"])
 
 
+#: GRPOConfig fields every TRL worker sets alike: no logging backends, checkpoints, progress bar,
+#: completion logs or dataloader workers, and no gradient checkpointing (ours does not either).
+TRL_QUIET: dict[str, Any] = {
+    "gradient_checkpointing": False,
+    "report_to": "none",
+    "save_strategy": "no",
+    "logging_strategy": "no",
+    "disable_tqdm": True,
+    "log_completions": False,
+    "dataloader_num_workers": 0,
+}
+
+
 def e_fraction(prompts: Sequence[str], completions: Sequence[Any], **kwargs: Any) -> list[float]:
     """The benchmark's rule reward: the fraction of the completion's characters that are ``e``.
 

@@ -21,7 +21,7 @@ import json
 import time
 from typing import Any
 
-from common import emit, set_threads
+from common import TRL_QUIET, emit, set_threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,14 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         top_p=1.0,
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        log_completions=False,
         seed=args.seed,
-        dataloader_num_workers=0,
+        **TRL_QUIET,
     )
     trainer = GRPOTrainer(
         model=args.policy,

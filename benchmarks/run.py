@@ -372,6 +372,19 @@ def _fmt(value: Any, spec: str = "{:,.0f}") -> str:
         return str(value)
 
 
+def _e2e_row(label: str, r: dict[str, Any], gpu: bool) -> list[str]:
+    """One row of table c/d for an update-timing worker of ours."""
+    return [
+        label,
+        _fmt(r["tokens_per_s"]),
+        _fmt(r["update_s"], "{:.2f}"),
+        _fmt(r["rollout_s"], "{:.2f}"),
+        _fmt(r["train_s"], "{:.2f}"),
+        _fmt(r["peak_rss_mb"]),
+        *([_fmt(r.get("peak_gpu_mb"))] if gpu else []),
+    ]
+
+
 def tables(
     res: dict[str, Any], summary: dict[str, Any]
 ) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -440,32 +453,13 @@ def tables(
     # Peak accelerator memory (torch's allocator) beside the host's RSS, on a GPU backend.
     gpu = any(_ok(r) and "peak_gpu_mb" in r for r in (e2e, trl))
     if _ok(e2e):
-        rows.append(
-            [
-                f"ours: PPO + LoRAPolicy ({b} completions/update)",
-                _fmt(e2e["tokens_per_s"]),
-                _fmt(e2e["update_s"], "{:.2f}"),
-                _fmt(e2e["rollout_s"], "{:.2f}"),
-                _fmt(e2e["train_s"], "{:.2f}"),
-                _fmt(e2e["peak_rss_mb"]),
-                *([_fmt(e2e.get("peak_gpu_mb"))] if gpu else []),
-            ]  # fmt: skip
-        )
+        rows.append(_e2e_row(f"ours: PPO + LoRAPolicy ({b} completions/update)", e2e, gpu))
     elif e2e:
         rows.append(["ours failed", e2e.get("error", ""), "", "", "", "", *([""] if gpu else [])])
     grpo = res.get("grpo")
     if _ok(grpo):
-        rows.append(
-            [
-                f"ours: GRPO, critic-free ({b // 4} prompts x 4, beta 0.04 in the loss)",
-                _fmt(grpo["tokens_per_s"]),
-                _fmt(grpo["update_s"], "{:.2f}"),
-                _fmt(grpo["rollout_s"], "{:.2f}"),
-                _fmt(grpo["train_s"], "{:.2f}"),
-                _fmt(grpo["peak_rss_mb"]),
-                *([_fmt(grpo.get("peak_gpu_mb"))] if gpu else []),
-            ]  # fmt: skip
-        )
+        label = f"ours: GRPO, critic-free ({b // 4} prompts x 4, beta 0.04 in the loss)"
+        rows.append(_e2e_row(label, grpo, gpu))
     elif grpo:
         rows.append(
             ["our GRPO failed", grpo.get("error", ""), "", "", "", "", *([""] if gpu else [])]
