@@ -150,6 +150,13 @@ class TrainConfig:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "allow custom model code from the model directory"}
     )
+    trust_reward_factories: bool = field(
+        default=False,
+        metadata={
+            "help": "let a module:attr reward in --reward or the config name any callable, called "
+            "with the spec's parameters (off: reward functions and Reward subclasses only)"
+        },
+    )
 
 
 @dataclass
@@ -220,7 +227,10 @@ def default_metrics(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "trust_remote_code": cfg.trust_remote_code,
+        "trust_reward_factories": cfg.trust_reward_factories,
+    }
     if cfg.tokenizer is not None or cfg.model is not None:
         kwargs["tokenizer"] = cfg.tokenizer or cfg.model
     for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens", "system_prompt"):

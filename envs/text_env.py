@@ -95,6 +95,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
       seeded permutation and serve the ``"train"`` or ``"eval"`` part (or ``"all"``).
     * ``sampling``: ``"epoch"`` or ``"uniform"``.
     * ``stop_on_eos``, ``stop_strings``: termination conditions.
+    * ``trust_reward_factories``: let a ``"module:attr"`` reward path name any callable to be
+      called with the spec's parameters (off: only reward functions and ``Reward`` subclasses;
+      see :mod:`rlhf_gym.rewards.registry`).
     * ``eos_token_ids``: more ids that end a response. The tokenizer's EOS and, when the
       tokenizer is loaded from a directory with ``generation_config.json``, every id its
       ``eos_token_id`` lists are always included (instruct models end turns with e.g.
@@ -143,6 +146,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         banned_tokens: Sequence[int | str] | None = None,
         allowed_tokens: Sequence[int | str] | None = None,
         trust_remote_code: bool = False,
+        trust_reward_factories: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -197,7 +201,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
                 f"max_prompt_tokens={self.max_prompt_tokens}; compile it with the same limit"
             )
         self.dataset = resolve_split(compiled, split, eval_fraction, split_seed)
-        self.reward_fn: CompositeReward = resolve_reward(reward)
+        self.reward_fn: CompositeReward = resolve_reward(
+            reward, trust_import_factories=trust_reward_factories
+        )
 
         self.action_space = spaces.Discrete(self.vocab_size)
         token_box = spaces.Box(0, self.vocab_size - 1, shape=(self.seq_len,), dtype=np.int64)

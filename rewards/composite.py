@@ -139,7 +139,7 @@ class CompositeReward:
         return RewardOutput(total=total, components=components)
 
 
-def resolve_reward(spec: Any) -> CompositeReward:
+def resolve_reward(spec: Any, *, trust_import_factories: bool = False) -> CompositeReward:
     """Turn any accepted reward spec into a :class:`CompositeReward`.
 
     Accepted forms::
@@ -153,14 +153,18 @@ def resolve_reward(spec: Any) -> CompositeReward:
         ["length", my_reward_fn]                   # list: weight 1 each (nested specs flatten)
         CompositeReward(...)                       # returned as is
 
-    Raises ``TypeError`` for anything else, listing the accepted forms.
+    Raises ``TypeError`` for anything else, listing the accepted forms. A ``"module:attr"`` path
+    to a callable that is neither a reward function nor a ``Reward`` subclass is refused unless
+    ``trust_import_factories=True`` (see :mod:`rlhf_gym.rewards.registry`).
     """
+    trust = trust_import_factories
     if isinstance(spec, CompositeReward):
         return spec
     if isinstance(spec, str):
-        return CompositeReward([_build(spec, _lookup(spec), {})], names=[_name_of_spec(spec)])
+        reward = _build(spec, _lookup(spec), {}, trust_import_factories=trust)
+        return CompositeReward([reward], names=[_name_of_spec(spec)])
     if isinstance(spec, Mapping):
-        return _resolve_mapping(spec)
+        return _resolve_mapping(spec, trust)
     if isinstance(spec, (list, tuple)):
         if not spec:
             raise ValueError(f"An empty list is not a reward spec; expected {_SPEC_FORMS}.")
@@ -168,7 +172,7 @@ def resolve_reward(spec: Any) -> CompositeReward:
         weights: list[float] = []
         names: list[str] = []
         for item in spec:
-            part = resolve_reward(item)
+            part = resolve_reward(item, trust_import_factories=trust)
             rewards += part.rewards
             weights += part.weights
             names += part.names
@@ -192,7 +196,7 @@ def resolve_reward(spec: Any) -> CompositeReward:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _resolve_mapping(spec: Mapping[Any, Any]) -> CompositeReward:
+def _resolve_mapping(spec: Mapping[Any, Any], trust: bool = False) -> CompositeReward:
     if not spec:
         raise ValueError(f"An empty dict is not a reward spec; expected {_SPEC_FORMS}.")
     rewards: list[RewardFn] = []
@@ -209,7 +213,7 @@ def _resolve_mapping(spec: Mapping[Any, Any]) -> CompositeReward:
             weight = kwargs.pop("weight", 1.0)
         else:
             weight, kwargs = value, {}
-        rewards.append(_build(key, _lookup(key), kwargs))
+        rewards.append(_build(key, _lookup(key), kwargs, trust_import_factories=trust))
         weights.append(_check_weight(key, weight))
         names.append(_name_of_spec(key))
     return CompositeReward(rewards, weights, names)

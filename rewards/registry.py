@@ -17,6 +17,14 @@ A registered object is one of three kinds, told apart by its type and signature:
 * a **factory**: any other callable; called with those keyword arguments, it must return a
   reward function (the style of TRL's ``get_soft_overlong_punishment``).
 
+Safety: a ``"module:attr"`` path the user spells out may name a reward function (returned as is)
+or a ``Reward`` subclass (built with the spec's parameters). A path to any other callable (a
+*factory*) is refused unless the caller opts in (``trust_import_factories=True``, the CLI's
+``--trust-reward-factories``): calling an arbitrary importable callable with parameters from a
+config file or a flag (``{"os:system": {"command": ...}}``) would run whatever the file says.
+Registered names, built-ins and installed plugins the user names are trusted: the user put them
+there. Whatever a factory returns must be a reward (a reward function or a ``Reward``).
+
 Built-ins are registered lazily as ``"module:attr"`` strings so that importing the package does
 not import torch or transformers (only ``reward_model`` needs them).
 """
@@ -102,7 +110,9 @@ def list_rewards() -> list[str]:
     return sorted(set(_registry) | set(_entry_points()))
 
 
-def get_reward(name_or_path: str, **kwargs: Any) -> RewardFn:
+def get_reward(
+    name_or_path: str, *, trust_import_factories: bool = False, **kwargs: Any
+) -> RewardFn:
     """Return a ready-to-call reward for a registered name, a plugin name or a ``"module:attr"`` path.
 
     ``kwargs`` parameterize factories and ``Reward`` subclasses, e.g.
@@ -110,9 +120,11 @@ def get_reward(name_or_path: str, **kwargs: Any) -> RewardFn:
     Passing ``kwargs`` to a plain reward function is an error (it has nothing to configure).
 
     Raises :class:`UnknownRewardError` (with close-match suggestions) when nothing matches.
+    ``trust_import_factories``: allow a ``"module:attr"`` path to any callable to be called with
+    ``kwargs`` (see the module docstring).
     """
     target = _lookup(name_or_path)
-    return _build(name_or_path, target, kwargs)
+    return _build(name_or_path, target, kwargs, trust_import_factories=trust_import_factories)
 
 
 # --- internals used by resolve_reward ---------------------------------------------------------
@@ -175,7 +187,14 @@ def _kind(obj: object) -> _Kind:
     return "factory"
 
 
-def _build(name: str, target: object, kwargs: dict[str, Any]) -> RewardFn:
+def _is_import_path(name: str) -> bool:
+    """Whether ``name`` resolves through a ``"module:attr"`` import, not a registry or plugin."""
+    return ":" in name and name not in _registry and name not in _entry_points()
+
+
+def _build(
+    name: str, target: object, kwargs: dict[str, Any], *, trust_import_factories: bool = False
+) -> RewardFn:
     """Turn a looked-up object into a reward function, applying ``kwargs`` where it takes them."""
     if not callable(target):
         raise TypeError(
@@ -189,6 +208,14 @@ def _build(name: str, target: object, kwargs: dict[str, Any]) -> RewardFn:
                 f"(got {sorted(kwargs)}). Register a factory or a Reward subclass to parameterize it."
             )
         return target  # type: ignore[return-value]
+    if kind == "factory" and _is_import_path(name) and not trust_import_factories:
+        raise ValueError(
+            f"Reward path {name!r} names {_describe(target)}, which is neither a reward function "
+            "(prompts, completions, **kwargs) nor a rlhf_gym.rewards.Reward subclass; calling it "
+            f"with the spec's parameters {sorted(kwargs)} could run anything. Fix: register it "
+            "with @register_reward (or install it as a plugin), or opt in with "
+            "trust_import_factories=True (rlhf-gym: --trust-reward-factories)."
+        )
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
@@ -202,7 +229,7 @@ def _build(name: str, target: object, kwargs: dict[str, Any]) -> RewardFn:
                 f"It accepts {signature}."
             ) from None
     reward = target(**kwargs)
-    if not callable(reward):
+    if kind == "factory" and (not callable(reward) or _kind(reward) == "factory"):
         raise TypeError(
             f"Reward factory {name!r} returned {type(reward).__name__}; a factory must return a "
             f"reward function (prompts, completions, **kwargs) -> list[float | None]."

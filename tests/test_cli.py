@@ -168,3 +168,13 @@ def test_a_users_run_shows_no_default_task_checks(tmp_path, tiny_task, capsys):
     assert "held-out reward" in printed
     assert "PASS" not in printed and "MISS" not in printed and "rated positive" not in printed
     assert json.loads((out / "summary.json").read_text())["checks"] == []
+
+
+def test_reward_flag_cannot_run_a_command(tmp_path, tiny_task, capsys):
+    marker = tmp_path / "ran"
+    args = list(tiny_task)
+    at = args.index("--reward")
+    args[at + 1] = json.dumps({"os:system": {"command": f"touch {marker}"}})
+    assert main(["train", *args, "--output-dir", str(tmp_path / "run")]) == 2
+    assert "--trust-reward-factories" in capsys.readouterr().out
+    assert not marker.exists()

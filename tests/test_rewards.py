@@ -169,7 +169,10 @@ def test_every_spec_form_resolves() -> None:
     by_class = resolve_reward(WordCount)
     assert by_class(**kw).total.tolist() == [3.0, 1.0]
 
-    mix = resolve_reward({f"{__name__}:make_suffix_reward": {"weight": 3.0, "suffix": "!"}})
+    factory_spec = {f"{__name__}:make_suffix_reward": {"weight": 3.0, "suffix": "!"}}
+    with pytest.raises(ValueError, match="neither a reward function"):
+        resolve_reward(factory_spec)  # an import-path factory needs the caller's opt-in
+    mix = resolve_reward(factory_spec, trust_import_factories=True)
     assert mix.names == ["make_suffix_reward"] and mix.weights == [3.0]
     assert mix(**kw).total.tolist() == [0.0, 3.0]
 
@@ -626,3 +629,29 @@ def test_builtin_docstring_examples_run(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(f"rlhf_gym.rewards.{module}"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_config_cannot_call_arbitrary_importable_callables(tmp_path) -> None:
+    """``{"os:system": {"command": ...}}`` from a flag or YAML must not run the command."""
+    marker = tmp_path / "ran"
+    spec = {"os:system": {"command": f"touch {marker}"}}
+    with pytest.raises(ValueError, match=r"'os:system'.*--trust-reward-factories"):
+        resolve_reward(spec)
+    with pytest.raises((ValueError, TypeError)):  # *args signature: a function, takes no params
+        resolve_reward({"subprocess:check_call": {"args": ["touch", str(marker)]}})
+    assert not marker.exists()
+    # A Reward subclass named by path is a reward: built with the spec's parameters, no opt-in.
+    by_class = resolve_reward({f"{__name__}:WordCount": {"scale": 2.0}})
+    assert by_class(prompts=["p"], completions=["a b"]).total.tolist() == [4.0]
+
+
+def test_a_factory_must_return_a_reward() -> None:
+    @register_reward("returns_a_factory", overwrite=True)
+    def returns_a_factory(scale: float = 1.0):
+        def not_a_reward(scale: float):  # no completions: a factory, not a reward
+            return scale
+
+        return not_a_reward
+
+    with pytest.raises(TypeError, match="must return a reward function"):
+        resolve_reward({"returns_a_factory": {"scale": 2.0}})
