@@ -162,6 +162,28 @@ class KLControlMixin:
         finally:
             if previous is not None:
                 policy.compute_entropy = previous
+        check_finite_losses(self)
+
+
+def check_finite_losses(algorithm: Any) -> None:
+    """Stop a run whose update produced an inf/NaN loss, before anything saves its weights.
+
+    SB3 logs the losses of ``train()``; a non-finite one (an outlier reward squared in the value
+    loss, a NaN from the model) means the weights just stepped on garbage. Raising here, between
+    the update and the next rollout, keeps the last checkpoint (written at a rollout start) the
+    last good state.
+    """
+    values = getattr(getattr(algorithm, "logger", None), "name_to_value", {}) or {}
+    bad = {k: v for k, v in values.items() if k.startswith("train/") and k.endswith("loss")
+           and isinstance(v, (int, float, np.floating)) and not np.isfinite(v)}  # fmt: skip
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise FloatingPointError(
+            f"{type(algorithm).__name__}: {name} became {value} at step "
+            f"{algorithm.num_timesteps}; the update's weights are not saved (resume from the last "
+            "checkpoint). Usual causes: rewards far larger than a few units (lower them, or set "
+            "a reward_bound / reward_clip), or a learning rate too high."
+        )
 
 
 class PPO(KLControlMixin, sb3.PPO):

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     try:
         return _dispatch(args)
-    except (FileNotFoundError, ValueError, KeyError, OSError, TypeError) as err:
+    except (FileNotFoundError, ValueError, KeyError, OSError, TypeError, FloatingPointError) as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
 

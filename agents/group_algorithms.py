@@ -476,6 +476,14 @@ class GroupRelativePO(OnPolicyAlgorithm):
                     max_new_tokens=max_new,
                     tokens_per_sequence=tokens_per_seq,
                 )
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"{type(self).__name__}: the loss became {float(loss)} at step "
+                        f"{self.num_timesteps}, before the optimizer step (no weight changed; "
+                        "resume from the last checkpoint). Usual causes: rewards far larger "
+                        "than a few units (set a reward_bound / reward_clip) or a learning rate "
+                        "too high."
+                    )
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)

@@ -150,6 +150,13 @@ class TrainConfig:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "allow custom model code from the model directory"}
     )
+    reward_bound: float | None = field(
+        default=1e4,
+        metadata={"help": "a reward beyond +-this stops the run (null in YAML: no check)"},
+    )
+    reward_clip: bool = field(
+        default=False, metadata={"help": "clip rewards to +-reward_bound instead of stopping"}
+    )
     trust_reward_factories: bool = field(
         default=False,
         metadata={
@@ -230,6 +237,8 @@ def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "trust_remote_code": cfg.trust_remote_code,
         "trust_reward_factories": cfg.trust_reward_factories,
+        "reward_bound": cfg.reward_bound,
+        "reward_clip": cfg.reward_clip,
     }
     if cfg.tokenizer is not None or cfg.model is not None:
         kwargs["tokenizer"] = cfg.tokenizer or cfg.model

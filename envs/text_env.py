@@ -24,6 +24,7 @@ from rlhf_gym.envs.prompts import (
     resolve_split,
     reward_kwargs,
 )
+from rlhf_gym.envs.reward_bounds import DEFAULT_REWARD_BOUND, RewardBound
 from rlhf_gym.envs.tokenizer import load_tokenizer
 from rlhf_gym.rewards import CompositeReward, RewardOutput, resolve_reward
 
@@ -95,6 +96,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
       seeded permutation and serve the ``"train"`` or ``"eval"`` part (or ``"all"``).
     * ``sampling``: ``"epoch"`` or ``"uniform"``.
     * ``stop_on_eos``, ``stop_strings``: termination conditions.
+    * ``reward_bound``, ``reward_clip``: a score beyond ``+-reward_bound`` (default 1e4) stops
+      the run with a clear message, or is clipped to it with ``reward_clip=True``; ``None``
+      turns the check off (see :mod:`rlhf_gym.envs.reward_bounds`).
     * ``trust_reward_factories``: let a ``"module:attr"`` reward path name any callable to be
       called with the spec's parameters (off: only reward functions and ``Reward`` subclasses;
       see :mod:`rlhf_gym.rewards.registry`).
@@ -147,6 +151,8 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         allowed_tokens: Sequence[int | str] | None = None,
         trust_remote_code: bool = False,
         trust_reward_factories: bool = False,
+        reward_bound: float | None = DEFAULT_REWARD_BOUND,
+        reward_clip: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -204,6 +210,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         self.reward_fn: CompositeReward = resolve_reward(
             reward, trust_import_factories=trust_reward_factories
         )
+        self.reward_bound = RewardBound(reward_bound, reward_clip)
 
         self.action_space = spaces.Discrete(self.vocab_size)
         token_box = spaces.Box(0, self.vocab_size - 1, shape=(self.seq_len,), dtype=np.int64)
@@ -248,10 +255,11 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         terminated, truncated = self._advance(action)
         if not (terminated or truncated):
             return self._obs(), 0.0, False, False, {}
-        output = self.reward_fn(**self._reward_batch([self]))
+        batch = self._reward_batch([self])
+        output = self.reward_fn(**batch)
         return (
             self._obs(),
-            float(output.total[0]),
+            float(self.reward_bound(output.total, batch["prompts"])[0]),
             terminated,
             truncated,
             self._final_info(output, 0),

@@ -180,8 +180,10 @@ class TextGenerationVectorEnv(VectorEnv):
         done = np.flatnonzero(terminated | truncated)
         if len(done):
             finished = [self.envs[i] for i in done]
-            output = self.reward_fn(**TextGenerationEnv._reward_batch(finished))
+            batch = TextGenerationEnv._reward_batch(finished)
+            output = self.reward_fn(**batch)
             self.reward_calls += 1
+            output.total[:] = self.envs[0].reward_bound(output.total, batch["prompts"])
             rewards[done] = output.total
             now = time.perf_counter()
             for k, i in enumerate(done):

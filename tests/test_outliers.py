@@ -1,0 +1,62 @@
+"""Outlier rewards and non-finite losses stop a run with a clear message (or are clipped)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf_gym.agents import make_agent
+from rlhf_gym.agents.cli import main
+from rlhf_gym.envs import TextGenerationEnv
+from tests.test_agents_support import PROMPTS, make_env
+
+
+def huge(prompts, completions, **kwargs):
+    return [1e6] * len(prompts)
+
+
+def enormous(prompts, completions, **kwargs):
+    return [1e30 if i % 2 else 0.0 for i in range(len(prompts))]
+
+
+def _env(tokenizer_dir, **kw):
+    env = TextGenerationEnv(tokenizer=str(tokenizer_dir), prompts=PROMPTS, reward=huge,
+                            max_prompt_tokens=16, max_new_tokens=1, **kw)  # fmt: skip
+    env.reset(seed=0)
+    return env
+
+
+def test_a_reward_beyond_the_bound_stops_or_is_clipped(tiny_tokenizer_dir):
+    with pytest.raises(ValueError, match=r"reward 1e\+06 .* outside reward_bound=10000"):
+        _env(tiny_tokenizer_dir).step(5)
+    with pytest.warns(UserWarning, match="clipped"):
+        assert _env(tiny_tokenizer_dir, reward_clip=True).step(5)[1] == 1e4
+    assert _env(tiny_tokenizer_dir, reward_bound=None).step(5)[1] == 1e6
+    venv = make_env(tiny_tokenizer_dir, num_envs=2, max_new_tokens=1, reward_clip=True,
+                    reward_bound=100.0)  # fmt: skip
+    venv.vector_env.reward_fn.rewards[0] = huge
+    venv.reset()
+    with pytest.warns(UserWarning):
+        _, rewards, _, _ = venv.step([5, 5])
+    assert rewards.tolist() == [100.0, 100.0]
+
+
+def test_an_infinite_value_loss_stops_ppo_before_a_checkpoint(tiny_tokenizer_dir, tiny_lm_dir):
+    env = make_env(tiny_tokenizer_dir, num_envs=2, max_new_tokens=2, reward_bound=None)
+    env.vector_env.reward_fn.rewards[0] = enormous
+    agent = make_agent("ppo", env, model=str(tiny_lm_dir), lora={"r": 2}, n_steps=4,
+                       batch_size=8, device="cpu", seed=0)  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"train/value_loss became inf.*reward_bound"):
+        agent.learn(16)
+
+
+def test_the_cli_reports_an_outlier_in_one_line(tmp_path, tiny_lm_dir, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS * 4))
+    code = main(["train", "--model", str(tiny_lm_dir), "--prompts", str(prompts),
+                 "--reward", "tests.test_outliers:huge", "--max-prompt-tokens", "8",
+                 "--max-new-tokens", "2", "--num-envs", "2", "--total-timesteps", "8",
+                 "--output-dir", str(tmp_path / "run"), "--no-progress-bar"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 2 and "--reward-bound" in out and "Traceback" not in out
