@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, (cls, text) in commands.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", default=None, help="YAML file of options; flags override it")
+        p.add_argument("--debug", action="store_true", help="show the full traceback of any error")
         add_dataclass_arguments(p, cls)
     sub.add_parser("rewards", help="list reward plugins", description="list reward plugins")
     sub.add_parser("algos", help="list RL algorithms", description="list RL algorithms")
@@ -138,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (FileNotFoundError, ValueError, KeyError, OSError, TypeError, FloatingPointError) as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        if getattr(args, "debug", False):
+            raise
+        console.print(f"[bold red]error:[/] {err}  (--debug shows the traceback)", highlight=False)
         return 2
 
 

@@ -103,6 +103,23 @@ def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -
     return int(action_space.n)
 
 
+def _check_positions(model: PreTrainedModel, observation_space: spaces.Space) -> None:
+    """Refuse, when the agent is built, observations longer than the model's position limit.
+
+    Otherwise the first response to grow past it crashes mid-run inside torch (an
+    ``IndexError`` of the position embedding for GPT-2-style models).
+    """
+    config = model.config.get_text_config()
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    length = int(observation_space["input_ids"].shape[0])  # type: ignore[index]
+    if isinstance(limit, int) and length > limit:
+        raise ValueError(
+            f"max_prompt_tokens + max_new_tokens = {length} exceeds the model's position limit "
+            f"{limit} ({type(model).__name__} config). Lower max_new_tokens or max_prompt_tokens "
+            f"so that they sum to at most {limit}."
+        )
+
+
 def _lm_vocab_size(model: PreTrainedModel) -> int:
     head = model.get_output_embeddings()
     weight = getattr(head, "weight", None)
@@ -211,6 +228,7 @@ class _LoRACore:
                 f"(TextGenerationEnv(..., vocab_size={vocab})), or use the tokenizer the model "
                 "was trained with, so that every token id is an action and vice versa."
             )
+        _check_positions(base, observation_space)
         disable_dropout(base)
         fuse_activations(base)
         base.eval()

@@ -60,3 +60,22 @@ def test_the_cli_reports_an_outlier_in_one_line(tmp_path, tiny_lm_dir, capsys):
                  "--output-dir", str(tmp_path / "run"), "--no-progress-bar"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 2 and "--reward-bound" in out and "Traceback" not in out
+
+
+def test_observations_longer_than_the_position_limit_are_refused_at_build(
+    tiny_tokenizer_dir, tiny_lm_dir
+):
+    """The tiny GPT-2 has 128 positions: 100 + 40 would crash mid-run inside torch."""
+    env = make_env(tiny_tokenizer_dir, num_envs=2, max_prompt_tokens=100, max_new_tokens=40)
+    with pytest.raises(
+        ValueError, match=r"= 140 exceeds the model's position limit 128.*at most 128"
+    ):
+        make_agent("ppo", env, model=str(tiny_lm_dir), device="cpu")
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_lm_dir):
+    args = ["train", "--model", str(tiny_lm_dir), "--prompts", str(tmp_path / "missing.jsonl"),
+            "--output-dir", str(tmp_path / "run"), "--no-progress-bar"]  # fmt: skip
+    assert main(args) == 2
+    with pytest.raises((FileNotFoundError, OSError, ValueError)):
+        main([*args, "--debug"])
