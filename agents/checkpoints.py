@@ -87,13 +87,20 @@ def save_checkpoint(
     root = checkpoint_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:09d}"
+    if (root / name).exists():
+        # Re-saving a step (a resumed run's final checkpoint) writes a sibling and moves the
+        # pointer, never deletes the live one first: a kill at any moment leaves `latest`
+        # pointing at a complete checkpoint.
+        k = 1
+        while (root / f"{name}_{k}").exists():
+            k += 1
+        name = f"{name}_{k}"
     tmp = root / f"{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     agent.save(tmp / "agent.zip")
     (tmp / "state.json").write_text(json.dumps(state))
     final = root / name
-    shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     pointer_tmp = root / f"{LATEST}.tmp"
     pointer_tmp.write_text(name)

@@ -9,6 +9,7 @@ adapter that ``PeftModel.from_pretrained`` loads).
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import inspect
@@ -271,12 +272,23 @@ def eval_env(cfg: TrainConfig, train_env: TextGenerationEnv | None = None) -> Te
     reward model already in memory) instead of loading them again."""
     kwargs = env_kwargs(cfg)
     if train_env is not None:
-        kwargs.update(tokenizer=train_env.tokenizer, reward=train_env.reward_fn)
+        kwargs.update(tokenizer=train_env.tokenizer, reward=_evaluation_reward(train_env.reward_fn))
     if cfg.eval_prompts is not None:
         kwargs.update(prompts=cfg.eval_prompts, split="all")
     else:
         kwargs["split"] = "eval"
     return TextGenerationEnv(**kwargs)
+
+
+def _evaluation_reward(reward: Any) -> Any:
+    """The training reward's components as shallow copies: a reward model's weights are shared
+    (no second load), but state such as a normalising reward's running mean and std is not,
+    so evaluation never moves the statistics training rewards are normalised with."""
+    from rlhf_gym.rewards import CompositeReward
+
+    return CompositeReward(
+        [copy.copy(r) for r in reward.rewards], list(reward.weights), list(reward.names)
+    )
 
 
 class ResumableCSVOutputFormat(CSVOutputFormat):

@@ -22,6 +22,7 @@ Decisions, since DESIGN.md is silent on them:
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -216,8 +217,10 @@ class PromptDataset:
     def __iter__(self) -> Iterator[PromptRow]:
         return iter(self.rows)
 
-    @property
+    @functools.cached_property
     def extra_columns(self) -> list[str]:
+        """The rows' other columns, in first-seen order: computed once (rows never change),
+        not on every reward call."""
         return list(dict.fromkeys(k for row in self.rows for k in row.extras))
 
     @classmethod

@@ -262,8 +262,28 @@ class SB3VecEnv(VecEnv):
         return self.vector_env.rounds
 
     def reset(self) -> Obs:
+        """SB3's reset: the seeds and options set with ``seed()``/``set_options()`` apply once.
+
+        Options the same for every env (``set_options({"prompt_index": 3})``) go to the vector
+        env's reset; per-env options reset each env with its own after the vector reset (not in
+        rounds, where a group's envs must share their prompt).
+        """
         seeds = list(self._seeds)
-        obs, _ = self.vector_env.reset(seed=seeds if any(s is not None for s in seeds) else None)
+        options = list(self._options)
+        shared = options[0] if all(o == options[0] for o in options) else None
+        obs, _ = self.vector_env.reset(
+            seed=seeds if any(s is not None for s in seeds) else None, options=shared or None
+        )
+        if shared is None:
+            if self.vector_env.rounds:
+                raise ValueError(
+                    "per-env reset options cannot apply to an env in rounds (a group's envs "
+                    "share their prompt); set the same options for every env"
+                )
+            for env, opts in zip(self.envs, options, strict=True):
+                if opts:
+                    env.reset(options=opts)
+            obs = self.vector_env._stack()
         self._reset_seeds()
         self._reset_options()
         return obs

@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from rlhf_gym.agents.training import TrainConfig, learning_checks, train
+from rlhf_gym.agents.training import TrainConfig, train
 
 
 @pytest.mark.slow
@@ -32,6 +32,5 @@ def test_default_task_main_job_learns_the_preference_and_stays_fluent(tmp_path):
     assert after.distinct_2 >= 0.75 * before.distinct_2
     assert 0.0 < after.kl < 10.0 and abs(before.kl) < 1e-4  # before: the adapter is a no-op
     assert all(check.passed for check in result.checks), result.checks
-    assert result.checks == learning_checks(before, after)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["timesteps"] == 16384
