@@ -33,6 +33,7 @@ from rlhf_gym.agents.kl import (
 from rlhf_gym.agents.kv_cache import RolloutKVCache
 from rlhf_gym.agents.lora import DEFAULT_LORA, linear_module_names, load_causal_lm
 from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy
+from rlhf_gym.agents.saving import save_agent
 
 __all__ = [
     "A2C",
@@ -64,5 +65,6 @@ __all__ = [
     "make_agent",
     "make_kl_controller",
     "register_algorithm",
+    "save_agent",
     "shape_rewards",
 ]

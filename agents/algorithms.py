@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import gymnasium as gym
 import numpy as np
 import stable_baselines3 as sb3
+import torch
 from peft import LoraConfig
 from sb3_contrib import TRPO as _SB3TRPO
 from sb3_contrib import MaskablePPO as _SB3MaskablePPO
@@ -56,12 +57,14 @@ from rlhf_gym.agents.kl import (
     KLShapingMixin,
     make_kl_controller,
 )
+from rlhf_gym.agents.lora import lora_config_to_dict
 from rlhf_gym.agents.policy import (
     LoRAPolicy,
     MaskableLoRAPolicy,
     _LoRACore,
     record_model_by_path,
 )
+from rlhf_gym.agents.saving import is_agent_dir, load_agent_dir
 
 A = TypeVar("A", bound=type)
 
@@ -330,7 +333,7 @@ def make_agent(
     )
     kwargs = {**_accepted(spec.cls, spec.defaults), **algo_kwargs}
     pkw = {"model": model, "lora": lora, **dict(policy_kwargs or {})}
-    return spec.cls(
+    agent = spec.cls(
         spec.policy,
         env,
         policy_kwargs=pkw,
@@ -341,6 +344,22 @@ def make_agent(
         kl_horizon=kl_horizon,
         **kwargs,
     )
+    # How to rebuild this agent, for rlhf_gym.agents.save_agent (tensors + JSON, no pickle).
+    agent.rlhf_gym_spec = {  # type: ignore[attr-defined]
+        "algorithm": spec.name,
+        "model": getattr(agent.policy, "model_name_or_path", None),
+        "lora": lora_config_to_dict(agent.policy.lora_config),
+        "kl_coef": kl_coef,
+        "kl_target": kl_target,
+        "kl_horizon": kl_horizon,
+        "seed": seed,
+        "policy_kwargs": {
+            k: str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v
+            for k, v in dict(policy_kwargs or {}).items()
+        },
+        "algo_kwargs": kwargs,
+    }
+    return agent
 
 
 def load_agent(
@@ -350,14 +369,29 @@ def load_agent(
     algorithm: str | type[BaseAlgorithm] | None = None,
     model: str | os.PathLike[str] | PreTrainedModel | None = None,
     device: str = "auto",
+    trust_pickle: bool = False,
     **kwargs: Any,
 ) -> BaseAlgorithm:
-    """Load an agent saved by ``agent.save(path)``, optionally supplying the base ``model``.
+    """Load an agent: a directory from :func:`~rlhf_gym.agents.save_agent`, or an SB3 zip.
+
+    A directory (tensors in safetensors, the rest in JSON) loads without unpickling anything;
+    it needs ``env``. An SB3 zip (``agent.save(path)``) holds a pickle that runs code when
+    loaded, so it loads only with ``trust_pickle=True``: for files you made or trust.
 
     ``model`` is required when the agent was built from an in-memory model (its zip records
     ``model=None``) and may also point a saved agent at a moved base checkpoint. ``algorithm``
     defaults to the one the zip's attributes identify (SB3 zips do not name their class).
     """
+    if is_agent_dir(path):
+        if env is None:
+            raise ValueError(f"load_agent({str(path)!r}): an agent directory needs env=...")
+        return load_agent_dir(path, env, model=model, device=device)
+    if not trust_pickle:
+        raise ValueError(
+            f"{str(path)!r} is a stable-baselines3 zip: it holds a pickle, which runs code when "
+            "loaded. Load it with load_agent(..., trust_pickle=True) only if you made it or "
+            "trust it; rlhf_gym.agents.save_agent writes agents as tensors and JSON instead."
+        )
     data, _, _ = load_from_zip_file(path, device=device, load_data=True)
     assert data is not None
     if algorithm is None:

@@ -1,7 +1,8 @@
 """Atomic, resumable training checkpoints.
 
-A checkpoint is a directory ``checkpoints/step_<N>/`` holding the agent (SB3 ``save()``: only
-trainable weights and the optimizer state, plus the base model's path) and ``state.json``: the
+A checkpoint is a directory ``checkpoints/step_<N>/`` holding the agent (``agent/``, written by
+:func:`rlhf_gym.agents.saving.save_agent`: trainable weights and optimizer state in safetensors,
+how to rebuild the agent in JSON; loading it unpickles nothing) and ``state.json``: the
 step count, the KL coefficient, and every RNG state (Python, NumPy, torch, and each env's
 prompt sampler), so a resumed run draws the same prompts and samples it would have drawn.
 
@@ -22,7 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf_gym.agents.saving import save_agent
+
 LATEST = "latest"
+#: The agent's subdirectory in a checkpoint.
+AGENT_DIR = "agent"
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -98,7 +103,7 @@ def save_checkpoint(
     tmp = root / f"{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    agent.save(tmp / "agent.zip")
+    save_agent(agent, tmp / AGENT_DIR)  # tensors + JSON: resuming unpickles nothing
     (tmp / "state.json").write_text(json.dumps(state))
     final = root / name
     os.replace(tmp, final)

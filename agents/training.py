@@ -379,7 +379,14 @@ class _Run:
                 "--resume, or point --output-dir at the run to continue"
             )
         if self.resumed_from is not None:
-            self.agent = load_agent(self.resumed_from / "agent.zip", self.venv, device=cfg.device)
+            agent_dir = self.resumed_from / ckpt.AGENT_DIR
+            if not agent_dir.is_dir():
+                raise FileNotFoundError(
+                    f"{self.resumed_from} has no {ckpt.AGENT_DIR}/ (a checkpoint of an older "
+                    "rlhf-gym, saved as a pickle zip); load it in Python with "
+                    "load_agent(path, env, trust_pickle=True) if you trust it"
+                )
+            self.agent = load_agent(agent_dir, self.venv, device=cfg.device)
             state = ckpt.load_state(self.resumed_from)
             self.agent.num_timesteps = int(state["num_timesteps"])
             self._set_kl_coef(state.get("kl_coef"))

@@ -14,9 +14,13 @@ from tests.test_agents_support import PROMPTS, make_env
 
 def test_resaving_a_step_never_leaves_latest_pointing_at_nothing(tmp_path, monkeypatch):
     class Agent:
-        def save(self, path):
-            path.write_bytes(b"zip")
+        pass
 
+    def save_agent(agent, path):
+        path.mkdir()
+        (path / "agent.json").write_text("{}")
+
+    monkeypatch.setattr(ckpt, "save_agent", save_agent)
     ckpt.save_checkpoint(tmp_path, 8, Agent(), {"num_timesteps": 8})
     real_replace = os.replace
 
@@ -32,7 +36,7 @@ def test_resaving_a_step_never_leaves_latest_pointing_at_nothing(tmp_path, monke
     assert latest is not None and (latest / "state.json").exists()
     monkeypatch.setattr(os, "replace", real_replace)
     again = ckpt.save_checkpoint(tmp_path, 8, Agent(), {"num_timesteps": 8})
-    assert ckpt.latest_checkpoint(tmp_path) == again and (again / "agent.zip").exists()
+    assert ckpt.latest_checkpoint(tmp_path) == again and (again / "agent" / "agent.json").exists()
 
 
 def test_extra_columns_are_computed_once(tiny_tokenizer):

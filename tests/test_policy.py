@@ -113,7 +113,9 @@ def test_instance_without_path_saves_none_and_load_needs_model(
     agent.save(tmp_path / "a.zip")
     with pytest.raises(ValueError, match="load_agent"):
         SB3PPO.load(tmp_path / "a.zip", device="cpu")
-    loaded = load_agent(tmp_path / "a.zip", model=_tiny.build_lm(300), device="cpu")
+    loaded = load_agent(
+        tmp_path / "a.zip", model=_tiny.build_lm(300), device="cpu", trust_pickle=True
+    )
     obs = to_tensor_obs(env.reset())
     with torch.no_grad():
         torch.testing.assert_close(
