@@ -3,8 +3,10 @@
 A checkpoint is a directory ``checkpoints/step_<N>/`` holding the agent (``agent/``, written by
 :func:`rlhf_gym.agents.saving.save_agent`: trainable weights and optimizer state in safetensors,
 how to rebuild the agent in JSON; loading it unpickles nothing) and ``state.json``: the
-step count, the KL coefficient, and every RNG state (Python, NumPy, torch, and each env's
-prompt sampler), so a resumed run draws the same prompts and samples it would have drawn.
+step count, the KL coefficient, every RNG state (Python, NumPy, torch), the vector env's
+``state_dict`` (each env's prompt RNG, sampler and episode in flight) and SB3's loop state,
+so a resumed run draws the same prompts and samples it would have drawn (see
+:meth:`rlhf_gym.agents.training._Run.checkpoint`).
 
 Atomicity: everything is written into ``step_<N>.tmp`` and renamed into place, then the
 ``latest`` pointer file is replaced with ``os.replace``. A run killed at any instant leaves
@@ -59,30 +61,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-
-
-def env_state(envs: list[Any]) -> list[dict[str, Any]]:
-    """Each sub-env's prompt RNG and sampler position (episodes in flight are not kept)."""
-    return [
-        {
-            "rng": env.np_random.bit_generator.state,
-            "order": env._sampler._order.tolist(),
-            "pos": env._sampler._pos,
-        }
-        for env in envs
-    ]
-
-
-def set_env_state(envs: list[Any], states: list[dict[str, Any]]) -> None:
-    if len(envs) != len(states):
-        raise ValueError(
-            f"the checkpoint was written with {len(states)} envs but this run has {len(envs)}; "
-            "resume with the same --num-envs"
-        )
-    for env, st in zip(envs, states, strict=True):
-        env.np_random.bit_generator.state = st["rng"]
-        env._sampler._order = np.asarray(st["order"], dtype=np.int64)
-        env._sampler._pos = int(st["pos"])
 
 
 def save_checkpoint(

@@ -136,8 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the run's own
     # Raised inside peft/transformers on every adapter load; nothing a user of this CLI can act on.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    from rlhf_gym.agents.training import RunFinished
+
     try:
         return _dispatch(args)
+    except RunFinished as done:
+        console.print(str(done), highlight=False)
+        return 0
     except (FileNotFoundError, ValueError, KeyError, OSError, TypeError, FloatingPointError) as err:
         if getattr(args, "debug", False):
             raise

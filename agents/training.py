@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,20 +318,23 @@ class ResumableCSVOutputFormat(CSVOutputFormat):
 
 
 class EvalCallback(BaseCallback):
-    """Held-out evaluation every ``every`` steps; rows go to ``eval.csv`` and the SB3 logger."""
+    """Held-out evaluation every ``every`` steps; rows go to ``eval.csv`` and the SB3 logger.
+
+    The schedule lives on the run (``run.eval_next``) so checkpoints save it and a resumed run
+    neither repeats nor skips an evaluation.
+    """
 
     def __init__(self, run: _Run, every: int) -> None:
         super().__init__()
         self.run = run
         self.every = every
-        self._next = every
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_start(self) -> None:
-        if self.every and self.num_timesteps >= self._next:
-            self._next += self.every
+        if self.every and self.num_timesteps >= self.run.eval_next:
+            self.run.eval_next += self.every
             stats = self.run.evaluate(use_adapter=True)
             self.run.log_eval(self.num_timesteps, stats)
             for key, value in stats.as_row().items():
@@ -373,6 +377,7 @@ class _Run:
         self.metrics = default_metrics(cfg)
         self.positive_threshold = self._positive_threshold()
         self.resumed_from = ckpt.latest_checkpoint(self.out) if cfg.resume else None
+        self.eval_next: int = cfg.eval_every  # the evaluation schedule, saved in checkpoints
         if cfg.resume and self.resumed_from is None:
             raise FileNotFoundError(
                 f"--resume: no checkpoint under {ckpt.checkpoint_dir(self.out)}; start without "
@@ -388,10 +393,11 @@ class _Run:
                 )
             self.agent = load_agent(agent_dir, self.venv, device=cfg.device)
             state = ckpt.load_state(self.resumed_from)
+            self.resume_state = state
             self.agent.num_timesteps = int(state["num_timesteps"])
             self._set_kl_coef(state.get("kl_coef"))
+            self._restore_loop(state)
             ckpt.set_rng_state(state["rng"])
-            ckpt.set_env_state(self.venv.envs, state["envs"])
         else:
             lora: dict[str, Any] = {
                 "r": cfg.lora_r,
@@ -426,6 +432,10 @@ class _Run:
             ResumableCSVOutputFormat(self.out / "progress.csv", resumed_step)
         )
         self.agent.set_logger(logger)
+        if self.resumed_from is not None:
+            pending = self.resume_state["loop"].get("pending_logs", {})
+            for key, (value, excluded) in pending.items():
+                logger.record(key, value, exclude=tuple(excluded) or None)
 
     @property
     def model(self) -> Any:
@@ -476,15 +486,48 @@ class _Run:
             writer.writerow(row)
 
     def checkpoint(self) -> Path:
+        """Everything the next rollout depends on, taken at a rollout's start (see
+        :meth:`_restore_loop`): weights and optimizer (``agent/``), RNGs, the envs with their
+        episodes in flight, SB3's loop state and the evaluation schedule."""
         controller = self._kl_controller()
+        agent = self.agent
+        starts = getattr(agent, "_last_episode_starts", None)
         state = {
-            "num_timesteps": int(self.agent.num_timesteps),
+            "num_timesteps": int(agent.num_timesteps),
             "kl_coef": float(controller.value) if controller is not None else None,
             "rng": ckpt.rng_state(),
-            "envs": ckpt.env_state(self.venv.envs),
+            "venv": self.venv.vector_env.state_dict(),
+            "loop": {
+                "last_episode_starts": None if starts is None else np.asarray(starts).tolist(),
+                "ep_info_buffer": [
+                    {k: float(v) for k, v in info.items()} for info in agent.ep_info_buffer or []
+                ],
+                "n_updates": int(getattr(agent, "_n_updates", 0)),
+                "eval_next": self.eval_next,
+                # Recorded but not yet dumped: SB3 writes an update's train/ metrics (and the
+                # eval/ row of this rollout start) with the NEXT progress.csv row.
+                "pending_logs": {
+                    key: [_jsonable_log(value), list(agent.logger.name_to_excluded.get(key, ()))]
+                    for key, value in agent.logger.name_to_value.items()
+                },
+            },
             "config": dataclasses.asdict(self.cfg),
         }
-        return ckpt.save_checkpoint(self.out, int(self.agent.num_timesteps), self.agent, state)
+        return ckpt.save_checkpoint(self.out, int(agent.num_timesteps), agent, state)
+
+    def _restore_loop(self, state: dict[str, Any]) -> None:
+        """Put the envs (episodes in flight included) and SB3's loop where the checkpoint was,
+        so ``learn(reset_num_timesteps=False)`` continues the same rollout stream instead of
+        resetting every env onto new prompts."""
+        agent, loop = self.agent, state["loop"]
+        self.venv.vector_env.load_state_dict(state["venv"])
+        agent._last_obs = self.venv.vector_env.observations()
+        if loop["last_episode_starts"] is not None:
+            agent._last_episode_starts = np.asarray(loop["last_episode_starts"], dtype=bool)
+        agent.ep_info_buffer = deque(loop["ep_info_buffer"], maxlen=agent._stats_window_size)
+        agent.ep_success_buffer = deque(maxlen=agent._stats_window_size)
+        agent._n_updates = int(loop["n_updates"])
+        self.eval_next = loop["eval_next"]
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -494,6 +537,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     run = _Run(cfg)
+    if run.resumed_from is not None:
+        done = int(run.agent.num_timesteps)
+        if done >= cfg.total_timesteps:
+            raise RunFinished(
+                f"{out} already finished at step {done} (total_timesteps={cfg.total_timesteps}); "
+                "nothing changed. Raise --total-timesteps to train on."
+            )
+        trim_csv(out / "eval.csv", "step", done)
     before = run.evaluate(use_adapter=False)
     if run.resumed_from is None:
         run.log_eval(0, before)
@@ -527,6 +578,30 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(
         before, after, time.perf_counter() - start, out, int(run.agent.num_timesteps), checks
     )
+
+
+def _jsonable_log(value: Any) -> Any:
+    """A logged value as JSON (numpy scalars become Python numbers)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class RunFinished(Exception):
+    """``--resume`` of a run that already reached ``total_timesteps``: nothing to do."""
+
+
+def trim_csv(path: Path, column: str, last: int) -> None:
+    """Drop the rows of ``path`` whose ``column`` is past ``last`` (a resumed run writes them
+    again); a missing file or column is left alone."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or column not in rows[0]:
+        return
+    col = rows[0].index(column)
+    kept = [r for r in rows[1:] if r[col] and float(r[col]) <= last]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *kept])
 
 
 def plot_reward_curve(out: Path) -> Path | None:

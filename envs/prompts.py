@@ -414,6 +414,13 @@ class PromptSampler:
         self._order: np.ndarray = np.empty(0, dtype=np.int64)
         self._pos = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self._order.tolist(), "pos": int(self._pos)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._order = np.asarray(state["order"], dtype=np.int64)
+        self._pos = int(state["pos"])
+
     def restart(self) -> None:
         """Forget the current epoch (called when the env is reseeded)."""
         self._order = np.empty(0, dtype=np.int64)

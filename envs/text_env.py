@@ -265,6 +265,37 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
             self._final_info(output, 0),
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue this env exactly, as JSON values: the
+        prompt RNG, the sampler's epoch and position, and the episode in flight."""
+        return {
+            "rng": self.np_random.bit_generator.state,
+            "sampler": self._sampler.state_dict(),
+            "prompt_index": None if self._row is None else int(self._row.index),
+            "response": self.response_ids.tolist(),
+            "done": bool(self._done),
+            "finish_reason": self._finish_reason,
+            "response_text": self._response_text,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the same prompt stream and the same episode in flight."""
+        self.np_random.bit_generator.state = state["rng"]
+        self._sampler.load_state_dict(state["sampler"])
+        if state["prompt_index"] is None:
+            self._row, self._done = None, True
+            return
+        index = int(state["prompt_index"])  # the row's own index (rows of a split keep theirs)
+        self._start(next(row for row in self.dataset if row.index == index))
+        response = [int(t) for t in state["response"]]
+        start = self._prompt_len
+        self._ids[start : start + len(response)] = response
+        self._mask[start : start + len(response)] = 1
+        self._n_new = len(response)
+        self._done = bool(state["done"])
+        self._finish_reason = state["finish_reason"]
+        self._response_text = state["response_text"]
+
     def draw_prompt_index(self) -> int:
         """Draw the next prompt index from this env's seeded sampler without starting an episode.
 

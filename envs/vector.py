@@ -210,6 +210,33 @@ class TextGenerationVectorEnv(VectorEnv):
                 self._episode_start[:] = now
         return self._stack(), rewards, terminated, truncated, infos
 
+    def state_dict(self) -> dict[str, Any]:
+        """Every sub-env's :meth:`TextGenerationEnv.state_dict` plus the rounds' bookkeeping."""
+        return {
+            "envs": [env.state_dict() for env in self.envs],
+            "idle": self._idle.tolist(),
+            "idle_steps": self._idle_steps.tolist(),
+            "group_ids": self._group_ids.tolist(),
+            "next_group_id": int(self._next_group_id),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["envs"]) != self.num_envs:
+            raise ValueError(
+                f"the state was saved with {len(state['envs'])} envs but this vector env has "
+                f"{self.num_envs}; resume with the same --num-envs"
+            )
+        for env, env_state in zip(self.envs, state["envs"], strict=True):
+            env.load_state_dict(env_state)
+        self._idle[:] = state["idle"]
+        self._idle_steps[:] = state["idle_steps"]
+        self._group_ids[:] = state["group_ids"]
+        self._next_group_id = int(state["next_group_id"])
+
+    def observations(self) -> Obs:
+        """The current stacked observations (what the last ``reset``/``step`` returned)."""
+        return self._stack()
+
     def action_masks(self) -> np.ndarray:
         """Stacked action masks, shape ``(num_envs, vocab)``."""
         return np.stack([env.action_masks() for env in self.envs])

@@ -178,3 +178,61 @@ def test_reward_flag_cannot_run_a_command(tmp_path, tiny_task, capsys):
     assert main(["train", *args, "--output-dir", str(tmp_path / "run")]) == 2
     assert "--trust-reward-factories" in capsys.readouterr().out
     assert not marker.exists()
+
+
+def _progress_rows(path):
+    """progress.csv without the time/ columns (wall clock, fps, this process's iterations)."""
+    rows = list(csv.DictReader(path.open()))
+    return [
+        {k: v for k, v in r.items() if not k.startswith("time/") or k == "time/total_timesteps"}
+        for r in rows
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_a_killed_run_resumes_bit_for_bit(tmp_path, tiny_task, algo):
+    """SIGKILL between checkpoints, --resume: the same adapter, eval.csv and progress.csv rows
+    as the run that was never interrupted."""
+    args = list(tiny_task)
+    if algo == "grpo":
+        at = args.index("--n-steps")
+        args = args[:at] + args[at + 2 :] + ["--group-size", "2"]
+    common = ["train", *args, "--algo", algo, "--total-timesteps", "240",
+              "--checkpoint-every", "24", "--eval-every", "48"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = _cli(*common, "--output-dir", str(whole))
+    assert done.returncode == 0, done.stdout + done.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_gym.agents.cli", *common, "--output-dir",
+                             str(killed)], env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pointer = killed / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.exists():
+            state = killed / "checkpoints" / pointer.read_text().strip() / "state.json"
+            if state.exists() and json.loads(state.read_text())["num_timesteps"] >= 72:
+                step = json.loads(state.read_text())["num_timesteps"]
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 72 <= step < 240, "killed too late: the run had finished"
+    resumed = _cli(*common, "--output-dir", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    a = (whole / "adapter" / "adapter_model.safetensors").read_bytes()
+    b = (killed / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a == b
+    assert (whole / "eval.csv").read_text() == (killed / "eval.csv").read_text()
+    rows_a, rows_b = _progress_rows(whole / "progress.csv"), _progress_rows(killed / "progress.csv")
+    diff = [
+        (i, k, ra.get(k), rb.get(k))
+        for i, (ra, rb) in enumerate(zip(rows_a, rows_b, strict=False))
+        for k in ra
+        if ra.get(k) != rb.get(k)
+    ]
+    assert rows_a == rows_b, diff[:6]
+    again = _cli(*common, "--output-dir", str(killed), "--resume")  # a finished run: no change
+    assert again.returncode == 0 and "already finished" in " ".join(again.stdout.split())
+    assert (whole / "eval.csv").read_text() == (killed / "eval.csv").read_text()
