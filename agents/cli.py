@@ -136,18 +136,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the run's own
     # Raised inside peft/transformers on every adapter load; nothing a user of this CLI can act on.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-    from rlhf_gym.agents.training import RunFinished
-
     try:
         return _dispatch(args)
-    except RunFinished as done:
-        console.print(str(done), highlight=False)
+    except Exception as err:
+        return _report(err, debug=getattr(args, "debug", False))
+
+
+def _report(err: Exception, *, debug: bool) -> int:
+    """One line for errors a user can act on (exit 2; ``--debug`` re-raises); others propagate.
+
+    The classes are looked up here, not at import, so ``rlhf-gym rewards`` imports no torch.
+    """
+    from rlhf_gym.rewards.errors import RewardError
+
+    training = sys.modules.get("rlhf_gym.agents.training")
+    if training is not None and isinstance(err, training.RunFinished):
+        console.print(str(err), highlight=False)
         return 0
-    except (FileNotFoundError, ValueError, KeyError, OSError, TypeError, FloatingPointError) as err:
-        if getattr(args, "debug", False):
-            raise
-        console.print(f"[bold red]error:[/] {err}  (--debug shows the traceback)", highlight=False)
-        return 2
+    if training is not None and isinstance(err, training.RunStopped):
+        console.print(str(err), highlight=False)
+        return 130  # the shell's code for a run ended by SIGINT
+    actionable = (
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+        OSError,
+        TypeError,
+        FloatingPointError,
+        RewardError,
+    )
+    if debug or not isinstance(err, actionable):
+        raise err
+    console.print(f"[bold red]error:[/] {err}  (--debug shows the traceback)", highlight=False)
+    return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:

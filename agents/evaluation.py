@@ -100,7 +100,8 @@ def sample(
     if stop_on_eos:
         eos_ids = frozenset(eos_token_ids or ()) or frozenset({int(tokenizer.eos_token_id)})
     generator_state = torch.get_rng_state()
-    torch.manual_seed(seed)
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    torch.manual_seed(seed)  # seeds the CUDA generators too: they are restored below as well
     out_ids: list[list[int]] = []
     try:
         for start in range(0, len(rows), batch_size):
@@ -125,6 +126,8 @@ def sample(
             out_ids += gen[:, width:].tolist()
     finally:
         torch.set_rng_state(generator_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
     def decode(ids: Sequence[int]) -> str:
         return tokenizer.decode(list(ids), skip_special_tokens=True)

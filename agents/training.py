@@ -9,13 +9,17 @@ adapter that ``PeftModel.from_pretrained`` loads).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import inspect
 import json
+import signal
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,24 +346,31 @@ class EvalCallback(BaseCallback):
 
 
 class CheckpointCallback(BaseCallback):
-    """Checkpoints between updates (after one, before the next rollout): a consistent state."""
+    """Checkpoints between updates (after one, before the next rollout): a consistent state.
+
+    A stop asked for with Ctrl-C (``run.stop_requested``) is honoured here: a checkpoint at the
+    next rollout start, then training stops before the rollout's first step.
+    """
 
     def __init__(self, run: _Run, every: int) -> None:
         super().__init__()
         self.run = run
         self.every = every
         self._last = 0
+        self._stop = False
 
     def _on_training_start(self) -> None:
         self._last = self.num_timesteps
 
     def _on_step(self) -> bool:
-        return True
+        return not self._stop
 
     def _on_rollout_start(self) -> None:
-        if self.every and self.num_timesteps - self._last >= self.every:
+        due = self.every and self.num_timesteps - self._last >= self.every
+        if due or self.run.stop_requested:
             self._last = self.num_timesteps
             self.run.checkpoint()
+        self._stop = self.run.stop_requested
 
 
 class _Run:
@@ -378,6 +389,7 @@ class _Run:
         self.positive_threshold = self._positive_threshold()
         self.resumed_from = ckpt.latest_checkpoint(self.out) if cfg.resume else None
         self.eval_next: int = cfg.eval_every  # the evaluation schedule, saved in checkpoints
+        self.stop_requested = False  # set by Ctrl-C: checkpoint at the next rollout and stop
         if cfg.resume and self.resumed_from is None:
             raise FileNotFoundError(
                 f"--resume: no checkpoint under {ckpt.checkpoint_dir(self.out)}; start without "
@@ -552,12 +564,18 @@ def train(cfg: TrainConfig) -> TrainResult:
         [EvalCallback(run, cfg.eval_every), CheckpointCallback(run, cfg.checkpoint_every)]
     )
     remaining = max(0, cfg.total_timesteps - int(run.agent.num_timesteps))
-    run.agent.learn(
-        remaining,
-        callback=callbacks,
-        progress_bar=cfg.progress_bar,
-        reset_num_timesteps=run.resumed_from is None,
-    )
+    with _stop_on_ctrl_c(run):
+        run.agent.learn(
+            remaining,
+            callback=callbacks,
+            progress_bar=cfg.progress_bar,
+            reset_num_timesteps=run.resumed_from is None,
+        )
+    if run.stop_requested:
+        raise RunStopped(
+            f"stopped by Ctrl-C after a checkpoint at step {int(run.agent.num_timesteps)}; "
+            f"continue with: rlhf-gym train --output-dir {out} --resume (and the same options)"
+        )
     run.checkpoint()
     after = run.evaluate(use_adapter=True)
     run.log_eval(int(run.agent.num_timesteps), after)
@@ -583,6 +601,30 @@ def train(cfg: TrainConfig) -> TrainResult:
 def _jsonable_log(value: Any) -> Any:
     """A logged value as JSON (numpy scalars become Python numbers)."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(run: _Run) -> Iterator[None]:
+    """The first Ctrl-C asks for a clean stop (a checkpoint at the next rollout start, then
+    exit); a second one interrupts at once. Only in the main thread, where signals arrive."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum: int, frame: Any) -> None:
+        run.stop_requested = True
+        signal.signal(signal.SIGINT, previous)  # the next Ctrl-C: the default, immediate
+        print("\nCtrl-C: stopping after a checkpoint at the next rollout (again: now)", flush=True)
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class RunStopped(Exception):
+    """Training stopped cleanly on Ctrl-C after writing a checkpoint."""
 
 
 class RunFinished(Exception):
