@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import linecache
 import os
 import sys
 import warnings
@@ -156,19 +157,36 @@ def _report(err: Exception, *, debug: bool) -> int:
     if training is not None and isinstance(err, training.RunStopped):
         console.print(str(err), highlight=False)
         return 130  # the shell's code for a run ended by SIGINT
-    actionable = (
-        FileNotFoundError,
-        ValueError,
-        KeyError,
-        OSError,
-        TypeError,
-        FloatingPointError,
-        RewardError,
-    )
+    actionable = (FileNotFoundError, ValueError, OSError, FloatingPointError, RewardError)
+    if isinstance(err, (TypeError, KeyError)) and _raised_on_purpose(err):
+        actionable = (TypeError, KeyError)  # our own checks (a bad spec, a missing column)
     if debug or not isinstance(err, actionable):
         raise err
     console.print(f"[bold red]error:[/] {err}  (--debug shows the traceback)", highlight=False)
     return 2
+
+
+def _raised_on_purpose(err: BaseException) -> bool:
+    """Whether ``err`` came from a ``raise`` statement in rlhf_gym's own code (a check with a
+    message for the user), not from a bug (``None + 1``) or deep inside a library."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    package_dirs = [str(Path(m.__file__).parent) for m in _our_packages()]
+    if not any(filename.startswith(d) for d in package_dirs):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).strip().startswith("raise")
+
+
+def _our_packages() -> list[Any]:
+    import rlhf_gym.agents
+    import rlhf_gym.envs
+    import rlhf_gym.rewards
+
+    return [rlhf_gym.agents, rlhf_gym.envs, rlhf_gym.rewards]
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -328,6 +328,7 @@ def _prompt_text(
         )
     value = data[column]
     extras = {k: v for k, v in data.items() if k != column}
+    _check_text(value, rec.where, column)
     if _is_messages(value):
         if chat_template is False:
             raise ValueError(f"{rec.where}: chat messages given but chat_template=False")
@@ -356,6 +357,25 @@ def _with_system(
     if system_prompt is None or messages[0].get("role") == "system":
         return list(messages)
     return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def _check_text(value: Any, where: str, column: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate such as ``"\\ud800"`` from a JSON
+    escape): the tokenizer would fail later with a type error that names no file or line."""
+    texts = [value] if isinstance(value, str) else []
+    if isinstance(value, list):
+        texts = [m.get("content") for m in value if isinstance(m, Mapping)]
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = text[exc.start : exc.end].encode("unicode_escape").decode()
+                raise ValueError(
+                    f"{where}: column {column!r} holds {bad!r} at character {exc.start}, a lone "
+                    "surrogate that is not valid text (a broken JSON escape?). Fix: write the "
+                    "character as a pair of escapes or as UTF-8."
+                ) from None
 
 
 def _is_messages(value: Any) -> bool:

@@ -79,3 +79,46 @@ def test_debug_shows_the_traceback(tmp_path, tiny_lm_dir):
     assert main(args) == 2
     with pytest.raises((FileNotFoundError, OSError, ValueError)):
         main([*args, "--debug"])
+
+
+def nan_reward(prompts, completions, **kwargs):
+    return [float("nan")] * len(prompts)
+
+
+def short_reward(prompts, completions, **kwargs):
+    return [1.0]
+
+
+@pytest.mark.parametrize(
+    ("reward", "message"),
+    [("tests.test_outliers:nan_reward", "nan"), ("tests.test_outliers:short_reward", "1")],
+)
+def test_bad_reward_plugins_end_in_one_line(tmp_path, tiny_lm_dir, capsys, reward, message):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS * 4))
+    code = main(["train", "--model", str(tiny_lm_dir), "--prompts", str(prompts),
+                 "--reward", reward, "--max-prompt-tokens", "8", "--max-new-tokens", "2",
+                 "--num-envs", "2", "--total-timesteps", "8", "--output-dir",
+                 str(tmp_path / "run"), "--no-progress-bar"])  # fmt: skip
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 2 and "error:" in out and message in out.lower()
+
+
+def test_a_lone_surrogate_names_the_file_and_line(tmp_path, tiny_tokenizer):
+    from rlhf_gym.envs import PromptDataset
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"prompt": "bad \\ud800 text"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl:2.*'\\\\ud800'.*lone surrogate"):
+        PromptDataset.from_source(str(path), tiny_tokenizer, max_prompt_tokens=16)
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch, tmp_path):
+    import rlhf_gym.agents.cli as cli
+
+    def buggy(args):
+        return None + 1  # a bug, not a check: its TypeError must not become a one-liner
+
+    monkeypatch.setattr(cli, "_dispatch", buggy)
+    with pytest.raises(TypeError):
+        main(["algos"])
