@@ -325,8 +325,11 @@ def _load_policy_model(adapter: str | None, model: str | None) -> Any:
 
 def _evaluate(cfg: EvaluateConfig) -> int:
     from rlhf_gym.agents.evaluation import evaluate_model
+    from rlhf_gym.agents.training import check_model_path
     from rlhf_gym.envs import TextGenerationEnv
 
+    check_model_path(cfg.model, "--model")
+    check_model_path(cfg.adapter, "--adapter")
     lm, base = _load_policy_model(cfg.adapter, cfg.model)
     env_kwargs: dict[str, Any] = {"split": "eval" if cfg.prompts is None else "all"}
     for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens"):

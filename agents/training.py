@@ -381,6 +381,8 @@ class _Run:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        check_model_path(cfg.model, "--model")
+        check_model_path(cfg.tokenizer, "--tokenizer")
         self.venv = make_vec_env(
             cfg.num_envs, seed=cfg.seed, **group_kwargs(cfg), **env_kwargs(cfg)
         )
@@ -625,6 +627,23 @@ def _stop_on_ctrl_c(run: _Run) -> Iterator[None]:
 
 class RunStopped(Exception):
     """Training stopped cleanly on Ctrl-C after writing a checkpoint."""
+
+
+def check_model_path(source: str | None, flag: str) -> None:
+    """A ``--model``/``--tokenizer`` that is clearly a local path must exist: otherwise the
+    first loader to try it (the env's tokenizer) would report a missing tokenizer for a
+    missing model."""
+    if source is None or Path(source).exists():
+        return
+    looks_local = (
+        Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+    )
+    if looks_local:
+        raise FileNotFoundError(
+            f"{flag} {source!r}: no such directory. Fix: pass a directory written by "
+            "save_pretrained (a model directory holds its tokenizer too) or a hub id that is "
+            "available offline."
+        )
 
 
 class RunFinished(Exception):
