@@ -128,4 +128,9 @@ def test_a_missing_model_is_reported_as_the_model(tmp_path, capsys):
     code = main(["train", "--model", str(tmp_path / "no-such-model"), "--output-dir",
                  str(tmp_path / "run"), "--no-progress-bar"])  # fmt: skip
     out = " ".join(capsys.readouterr().out.split())
-    assert code == 2 and "--model" in out and "no such directory" in out and "tokenizer from" not in out
+    assert (
+        code == 2
+        and "--model" in out
+        and "no such directory" in out
+        and "tokenizer from" not in out
+    )
