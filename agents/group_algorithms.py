@@ -163,6 +163,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
         kl_horizon: int = 10000,
         kl_in_loss: bool = True,
         use_masking: bool = False,
+        grad_chunk_size: int | None = 8,
         ent_coef: float = 0.0,
         max_grad_norm: float = 1.0,
         vf_coef: float | None = None,
@@ -197,6 +198,9 @@ class GroupRelativePO(OnPolicyAlgorithm):
             per-token penalty ``beta * (logp - ref)`` on the reward, as the SB3 algorithms here.
         :param use_masking: sample, train and score the reference under the env's
             ``action_masks()`` (the policy becomes :class:`MaskableLoRAPolicy`).
+        :param grad_chunk_size: sequences per forward/backward inside a minibatch; their
+            gradients accumulate before the one optimizer step, so training memory follows
+            this, not ``batch_size`` (``None``: the whole minibatch at once).
         :param ent_coef: entropy bonus (computed chunk by chunk only when non-zero).
         :param max_grad_norm: gradient clipping norm.
         :param vf_coef: refused: there is no value function.
@@ -221,6 +225,9 @@ class GroupRelativePO(OnPolicyAlgorithm):
             )
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1 episodes or None, got {batch_size}")
+        if grad_chunk_size is not None and int(grad_chunk_size) < 1:
+            raise ValueError(f"grad_chunk_size must be >= 1 or None, got {grad_chunk_size}")
+        self.grad_chunk_size = None if grad_chunk_size is None else int(grad_chunk_size)
         self.n_rounds = int(n_rounds)
         self.batch_size = None if batch_size is None else int(batch_size)
         self.num_iterations = int(num_iterations)
@@ -442,59 +449,33 @@ class GroupRelativePO(OnPolicyAlgorithm):
         size = self.batch_size or n
         masks = batch["action_masks"]
         losses, clip_fractions, approx_kls, ref_kls = [], [], [], []
+        chunk = self.grad_chunk_size or size
+        context = {"mask": mask, "old": old, "advantages": advantages, "ref": ref, "beta": beta,
+                   "masks": masks, "max_new": max_new, "tokens_per_seq": tokens_per_seq}  # fmt: skip
         for _ in range(self.num_iterations):
             for idx in torch.randperm(n, device=old.device).split(size):
-                log_prob, entropy = self.policy.score_responses(
-                    batch["input_ids"][idx],
-                    batch["attention_mask"][idx],
-                    batch["prompt_lens"][idx],
-                    batch["response_lens"][idx],
-                    entropy=self.ent_coef != 0.0,
-                    action_masks=None if masks is None else masks[idx],
-                )
-                m = mask[idx][:, : log_prob.shape[1]]
-                old_mb = old[idx][:, : log_prob.shape[1]]
-                per_token, clipped = gl.clipped_surrogate(
-                    log_prob,
-                    old_mb,
-                    advantages[idx][:, : log_prob.shape[1]],
-                    m,
-                    clip_range=self.clip_range,
-                    clip_range_high=self.clip_range_high,
-                    level=self.importance_sampling_level,  # type: ignore[arg-type]
-                )
-                if self.kl_in_loss and ref is not None and beta > 0:
-                    k3 = gl.k3_kl(log_prob, ref[idx][:, : log_prob.shape[1]])
-                    per_token = per_token + beta * k3 * m
-                    ref_kls.append(float((k3.detach() * m).sum() / m.sum()))
-                if entropy is not None:
-                    per_token = per_token - self.ent_coef * entropy * m
-                loss = gl.aggregate(
-                    per_token,
-                    m,
-                    self.loss_type,  # type: ignore[arg-type]
-                    max_new_tokens=max_new,
-                    tokens_per_sequence=tokens_per_seq,
-                )
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"{type(self).__name__}: the loss became {float(loss)} at step "
-                        f"{self.num_timesteps}, before the optimizer step (no weight changed; "
-                        "resume from the last checkpoint). Usual causes: rewards far larger "
-                        "than a few units (set a reward_bound / reward_clip) or a learning rate "
-                        "too high."
-                    )
+                n_tokens = float(mask[idx].sum())
                 self.policy.optimizer.zero_grad()
-                loss.backward()
+                sums = np.zeros(4)  # loss, approx-KL sum, clipped tokens, k3 sum
+                for part in idx.split(chunk):
+                    loss, stats = self._chunk_loss(batch, part, len(idx), n_tokens, context)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{type(self).__name__}: the loss became {float(loss)} at step "
+                            f"{self.num_timesteps}, before the optimizer step (no weight "
+                            "changed; resume from the last checkpoint). Usual causes: rewards "
+                            "far larger than a few units (set a reward_bound / reward_clip) or "
+                            "a learning rate too high."
+                        )
+                    loss.backward()  # gradients accumulate over the minibatch's chunks
+                    sums += [float(loss.detach()), *stats]
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
-                with torch.no_grad():
-                    log_ratio = (log_prob - old_mb) * m
-                    approx_kls.append(
-                        float(((torch.exp(log_ratio) - 1) - log_ratio).sum() / m.sum())
-                    )
-                    clip_fractions.append(float(clipped.float().sum() / m.sum()))
-                losses.append(float(loss.detach()))
+                losses.append(sums[0])
+                approx_kls.append(sums[1] / max(n_tokens, 1.0))
+                clip_fractions.append(sums[2] / max(n_tokens, 1.0))
+                if self.kl_in_loss and ref is not None and beta > 0:
+                    ref_kls.append(sums[3] / max(n_tokens, 1.0))
         self.policy.set_training_mode(False)  # weights changed: rollout caches rebuild
         self._n_updates += self.num_iterations
         self.logger.record("train/loss", float(np.mean(losses)))
@@ -505,6 +486,58 @@ class GroupRelativePO(OnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("rollout/reward_mean", float(batch["rewards"].mean()))
         self.logger.record("rollout/response_tokens", float(mask.sum()))
+
+    def _chunk_loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        idx: torch.Tensor,
+        n_sequences: int,
+        n_tokens: float,
+        c: dict[str, Any],
+    ) -> tuple[torch.Tensor, tuple[float, float, float]]:
+        """The loss of rows ``idx``, one chunk of a minibatch of ``n_sequences`` sequences and
+        ``n_tokens`` response tokens, normalised so the chunks' losses sum to the minibatch's;
+        and the chunk's (approx-KL, clipped-token, k3) sums for logging."""
+        log_prob, entropy = self.policy.score_responses(
+            batch["input_ids"][idx],
+            batch["attention_mask"][idx],
+            batch["prompt_lens"][idx],
+            batch["response_lens"][idx],
+            entropy=self.ent_coef != 0.0,
+            action_masks=None if c["masks"] is None else c["masks"][idx],
+        )
+        width = log_prob.shape[1]  # [b, T] the chunk's longest response
+        m = c["mask"][idx][:, :width]
+        old = c["old"][idx][:, :width]
+        per_token, clipped = gl.clipped_surrogate(
+            log_prob,
+            old,
+            c["advantages"][idx][:, :width],
+            m,
+            clip_range=self.clip_range,
+            clip_range_high=self.clip_range_high,
+            level=self.importance_sampling_level,  # type: ignore[arg-type]
+        )
+        k3_sum = 0.0
+        if self.kl_in_loss and c["ref"] is not None and c["beta"] > 0:
+            k3 = gl.k3_kl(log_prob, c["ref"][idx][:, :width])
+            per_token = per_token + c["beta"] * k3 * m
+            k3_sum = float((k3.detach() * m).sum())
+        if entropy is not None:
+            per_token = per_token - self.ent_coef * entropy * m
+        loss = gl.aggregate(
+            per_token,
+            m,
+            self.loss_type,  # type: ignore[arg-type]
+            max_new_tokens=c["max_new"],
+            tokens_per_sequence=c["tokens_per_seq"],
+            n_sequences=n_sequences,
+            n_tokens=n_tokens,
+        )
+        with torch.no_grad():
+            log_ratio = (log_prob - old) * m
+            approx = float(((torch.exp(log_ratio) - 1) - log_ratio).sum())
+        return loss, (approx, float(clipped.float().sum()), k3_sum)
 
     def _max_new_tokens(self, fallback: int) -> int:
         """Dr. GRPO's constant: the env's ``max_new_tokens`` (the longest response seen if unknown)."""

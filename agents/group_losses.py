@@ -129,18 +129,24 @@ def aggregate(
     *,
     max_new_tokens: int,
     tokens_per_sequence: float,
+    n_sequences: int | None = None,
+    n_tokens: float | None = None,
 ) -> torch.Tensor:
     """Reduce a ``[B, T]`` per-token loss to a scalar as ``loss_type`` says (module docstring).
 
     :param max_new_tokens: Dr. GRPO's constant per sequence.
     :param tokens_per_sequence: the rollout's mean response length (DAPO's fixed normaliser).
+    :param n_sequences, n_tokens: the minibatch's sequences and response tokens when these
+        ``B`` rows are one chunk of it (gradient accumulation): the chunks' losses then sum to
+        the minibatch's. Default: these rows are the whole minibatch.
     """
     masked = per_token * mask
-    n_seq = per_token.shape[0]
+    n_seq = per_token.shape[0] if n_sequences is None else n_sequences
     if loss_type == "grpo":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(n_seq, 1)
     if loss_type == "bnpo":
-        return masked.sum() / mask.sum().clamp(min=1)
+        tokens = float(mask.sum()) if n_tokens is None else n_tokens
+        return masked.sum() / max(tokens, 1.0)
     if loss_type == "dapo":
         return masked.sum() / max(n_seq * tokens_per_sequence, 1.0)
     if loss_type == "dr_grpo":

@@ -362,3 +362,20 @@ def test_action_masks_apply_to_sampling_training_and_the_reference(tiny_tokenize
     # The first pass scores the rollout's own policy under the same mask: ratio 1 everywhere
     # (without the mask in training, the log-probs would differ by the banned tokens' mass).
     assert agent.logger.name_to_value["train/approx_kl"] < 1e-6
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+def test_gradient_accumulation_over_chunks_equals_the_whole_minibatch(
+    tiny_tokenizer_dir, tiny_lm_dir, loss_type
+):
+    """Training memory follows grad_chunk_size; the update does not depend on it."""
+    states = []
+    for chunk in (None, 3):
+        env = make_env(tiny_tokenizer_dir, num_envs=8, group_size=4)
+        agent = make_agent("grpo", env, model=str(tiny_lm_dir), loss_type=loss_type,
+                           grad_chunk_size=chunk, batch_size=None, num_iterations=2,
+                           **GROUP_KWARGS)  # fmt: skip
+        agent.learn(64)
+        states.append(agent.policy.state_dict())
+    for key, value in states[0].items():
+        torch.testing.assert_close(value, states[1][key], atol=1e-6, rtol=1e-5)
