@@ -83,21 +83,3 @@ def sample_with_log_prob(
             "(a diverged update?). Lower the learning rate or check the model and its dtype."
         )
     return actions, chosen
-
-
-def log_prob_of(
-    logits: torch.Tensor,
-    actions: torch.Tensor,
-    *,
-    action_masks: torch.Tensor | None = None,
-    rows: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``log softmax(logits)[actions]`` (masked like sb3-contrib), without a distribution object.
-
-    With ``rows``, action ``i`` is scored under ``logits[rows[i]]`` (several actions may share
-    a row), without first copying the logits per action.
-    """
-    log_probs = torch.log_softmax(_masked(logits, action_masks), dim=-1)
-    if rows is not None:
-        return log_probs[rows, actions]
-    return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)

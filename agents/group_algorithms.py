@@ -551,10 +551,8 @@ class GroupRelativePO(OnPolicyAlgorithm):
 
 
 class GRPO(GroupRelativePO):
-    """GRPO (Shao et al., 2024): group-mean baseline scaled by the group std, k3 KL in the loss."""
-
-    def __init__(self, policy: Any, env: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(policy, env, *args, **kwargs)
+    """GRPO (Shao et al., 2024): group-mean baseline scaled by the group std, k3 KL in the loss
+    (:class:`GroupRelativePO`'s own defaults)."""
 
 
 class RLOO(GroupRelativePO):

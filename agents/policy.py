@@ -463,95 +463,17 @@ class _LoRACore:
     def _sequence_outputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits/hidden at each row's last valid token, one forward per prefix group."""
-        logits, hidden, order, rows = self._grouped_outputs(input_ids, attention_mask)
-        inverse = torch.argsort(order)
-        return _per_transition(logits, rows)[inverse], hidden[inverse]
+        """Logits/hidden at each row's last valid token, one forward per prefix group.
 
-    def _grouped_outputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """:meth:`_sequence_outputs` in group order, without copying logits.
-
-        Returns ``(logits, hidden, order, rows)``: ``hidden[j]`` belongs to transition
-        ``order[j]``, and so does ``logits[j]`` when ``rows`` is None; otherwise (duplicate
-        transitions, which share a position: a prompt drawn twice, a GRPO group) its logits
-        are ``logits[rows[j]]``, one row per distinct position. Training permutes the ``[N]``
-        log-probs back instead of the ``[N, vocab]`` logits, and never materialises a second
-        ``[N, vocab]`` tensor for duplicates (a gather forward and a scatter backward of the
-        largest tensor in the pass).
+        For the callers that need whole ``[N, vocab]`` logits (``get_distribution``, rollouts
+        without the KV cache); scoring actions goes through :meth:`_grouped_scores` instead.
         """
-        groups = group_by_prefix(input_ids, attention_mask)
-        lengths = groups.lengths
-        n_groups = len(groups.representatives)
-        order_parts: list[torch.Tensor] = []
-        logit_parts: list[torch.Tensor] = []
-        hidden_parts: list[torch.Tensor] = []
-        row_parts: list[torch.Tensor | None] = []
-        for start in range(0, n_groups, self.eval_chunk_size):
-            stop = min(n_groups, start + self.eval_chunk_size)
-            rows = groups.representatives[start:stop]
-            members = ((groups.group >= start) & (groups.group < stop)).nonzero().flatten()
-            local = groups.group[members] - start
-            pos = lengths[members] - 1
-            width = int(lengths[rows].max())
-            ids = input_ids[rows, :width]
-            mask = attention_mask[rows, :width]
-            position_ids = torch.arange(width, device=ids.device).expand(len(rows), width)
-            kwargs: dict[str, Any] = {}
-            keep = None
-            if self._has_logits_to_keep:
-                # Only project the positions some transition needs onto the vocabulary.
-                keep = torch.zeros(len(rows), width, dtype=torch.bool, device=ids.device)
-                keep[local, pos] = True
-                kwargs["logits_to_keep"] = keep
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                use_cache=False,
-                output_hidden_states=True,
-                **kwargs,
-            )
-            rows: torch.Tensor | None = None
-            if keep is not None and out.logits.dim() == 2:
-                # out.logits holds the kept positions in row-major order.
-                flat_index = keep.flatten().long().cumsum(0) - 1
-                kept_row = flat_index[local * width + pos]
-                logits = out.logits
-                if kept_row.numel() == out.logits.shape[0]:
-                    # One transition per kept position: put the transitions in the logits'
-                    # order instead of gathering [N, vocab] logits; callers follow ``order``.
-                    perm = torch.argsort(kept_row)
-                    members, local, pos = members[perm], local[perm], pos[perm]
-                else:  # duplicate transitions share a position
-                    rows = kept_row
-            else:
-                logits = out.logits[local, pos]
-            row_parts.append(rows)
-            order_parts.append(members)
-            logit_parts.append(logits.float())
-            hidden_parts.append(out.hidden_states[-1][local, pos].float())
-        if len(logit_parts) == 1:
-            return logit_parts[0], hidden_parts[0], order_parts[0], row_parts[0]
-        all_rows: torch.Tensor | None = None
-        if any(rows is not None for rows in row_parts):
-            offsets = [0]
-            for part in logit_parts[:-1]:
-                offsets.append(offsets[-1] + part.shape[0])
-            all_rows = torch.cat(
-                [
-                    offset
-                    + (torch.arange(len(members), device=members.device) if rows is None else rows)
-                    for offset, rows, members in zip(offsets, row_parts, order_parts, strict=True)
-                ]
-            )
-        return (
-            torch.cat(logit_parts),
-            torch.cat(hidden_parts),
-            torch.cat(order_parts),
-            all_rows,
-        )
+        from rlhf_gym.agents.response_scoring import lm_head, project
+
+        hidden, order = self._grouped_hidden(input_ids, attention_mask)
+        inverse = torch.argsort(order)
+        head, softcap = lm_head(self.model)
+        return project(head, hidden, softcap)[inverse], hidden.float()[inverse]
 
     def _last_outputs(
         self, obs: PyTorchObs, *, use_cache: bool
@@ -612,14 +534,13 @@ class _LoRACore:
         ``[transitions, vocab]`` float32 logits, and duplicate transitions (a prompt drawn twice)
         share a forward and cost one ``[hidden]`` row each.
         """
-        from rlhf_gym.agents.response_scoring import chunked_log_probs, tokens_per_chunk
+        from rlhf_gym.agents.response_scoring import chunked_log_probs, lm_head, tokens_per_chunk
 
         ids, mask = self._obs_tokens(obs)
         hidden, order = self._grouped_hidden(ids, mask)
         masks = None if action_masks is None else _rows(action_masks, order, hidden.device)
         actions = actions.to(hidden.device).long().flatten()[order]
-        head = self.model.get_output_embeddings()
-        softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        head, softcap = lm_head(self.model)
         log_prob, ent = chunked_log_probs(
             head,
             hidden,
@@ -765,7 +686,7 @@ class _LoRACore:
         """``evaluate_actions``: values, log-probs and (if wanted) entropies, in input order.
 
         The scores are computed in group order and only the per-transition results are
-        permuted back (see :meth:`_grouped_outputs`).
+        permuted back (see :meth:`_grouped_scores`).
         """
         log_prob, entropy, hidden, order = self._grouped_scores(
             obs, actions, action_masks, entropy=self.compute_entropy
@@ -805,11 +726,6 @@ def record_model_by_path(policy_kwargs: dict[str, Any], policy: Any) -> dict[str
     if "model" in policy_kwargs and hasattr(policy, "model_name_or_path"):
         return {**policy_kwargs, "model": policy.model_name_or_path}
     return policy_kwargs
-
-
-def _per_transition(logits: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """One logits row per transition (see :meth:`_LoRACore._grouped_outputs`)."""
-    return logits if rows is None else logits[rows]
 
 
 def _rows(x: Any, order: torch.Tensor, device: torch.device) -> torch.Tensor:

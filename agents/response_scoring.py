@@ -41,6 +41,19 @@ def no_logits(model: Any, device: torch.device) -> dict[str, Any]:
     return {"logits_to_keep": torch.empty(0, dtype=torch.long, device=device)}
 
 
+def lm_head(model: Any) -> tuple[nn.Module, float | None]:
+    """The model's LM head and the soft cap its forward applies to logits (Gemma 2/3), if any:
+    what turns the last hidden state into the logits the model would have returned."""
+    config = model.config.get_text_config() if hasattr(model, "config") else None
+    return model.get_output_embeddings(), getattr(config, "final_logit_softcapping", None)
+
+
+def project(head: nn.Module, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """``[n, vocab]`` float32 logits of ``[n, hidden]`` states: the LM head, then the soft cap."""
+    logits = head(hidden).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def tokens_per_chunk(vocab: int, budget_mb: float) -> int:
     """How many tokens one ``[chunk, vocab]`` block may hold under ``budget_mb`` MiB."""
     return max(1, int(budget_mb * 2**20) // (vocab * _BYTES_PER_LOGIT))
@@ -54,9 +67,7 @@ def _score_chunk(
     entropy: bool,
     allowed: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = head(hidden).float()  # [c, vocab]
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = project(head, hidden, softcap)  # [c, vocab]
     if allowed is not None:  # [c, vocab] bool: sb3-contrib's masked logit for the others
         logits = logits.masked_fill(~allowed, MASKED_LOGIT)
     log_probs = torch.log_softmax(logits, dim=-1)  # [c, vocab]: one fused pass on a CPU
@@ -161,9 +172,7 @@ def score_responses(
     # The token at position p is predicted by the hidden state at p - 1.
     h = hidden[rows[valid], positions[valid] - 1]  # [N, hidden]
     tokens = input_ids[rows[valid], positions[valid]]  # [N]
-    head = model.get_output_embeddings()
-    config = model.config.get_text_config() if hasattr(model, "config") else None
-    softcap = getattr(config, "final_logit_softcapping", None)
+    head, softcap = lm_head(model)
     vocab = int(head.weight.shape[0])
     log_prob, ent = chunked_log_probs(
         head,

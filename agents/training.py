@@ -307,13 +307,9 @@ class ResumableCSVOutputFormat(CSVOutputFormat):
         if resume_step is None or not path.exists():
             super().__init__(str(path))
             return
+        trim_csv(path, "time/total_timesteps", resume_step)
         with path.open(newline="") as f:
-            rows = list(csv.reader(f))
-        header, body = (rows[0], rows[1:]) if rows else ([], [])
-        col = header.index("time/total_timesteps") if "time/total_timesteps" in header else None
-        kept = [r for r in body if col is None or not r[col] or float(r[col]) <= resume_step]
-        with path.open("w", newline="") as f:
-            csv.writer(f).writerows([header, *kept] if header else [])
+            header = next(csv.reader(f), [])
         self.file = path.open("r+")
         self.file.seek(0, 2)
         self.keys = list(header)
@@ -652,7 +648,7 @@ class RunFinished(Exception):
 
 def trim_csv(path: Path, column: str, last: int) -> None:
     """Drop the rows of ``path`` whose ``column`` is past ``last`` (a resumed run writes them
-    again); a missing file or column is left alone."""
+    again; rows without a value are kept); a missing file or column is left alone."""
     if not path.exists():
         return
     with path.open(newline="") as f:
@@ -660,7 +656,7 @@ def trim_csv(path: Path, column: str, last: int) -> None:
     if not rows or column not in rows[0]:
         return
     col = rows[0].index(column)
-    kept = [r for r in rows[1:] if r[col] and float(r[col]) <= last]
+    kept = [r for r in rows[1:] if not r[col] or float(r[col]) <= last]
     with path.open("w", newline="") as f:
         csv.writer(f).writerows([rows[0], *kept])
 

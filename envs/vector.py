@@ -310,7 +310,7 @@ class SB3VecEnv(VecEnv):
             for env, opts in zip(self.envs, options, strict=True):
                 if opts:
                     env.reset(options=opts)
-            obs = self.vector_env._stack()
+            obs = self.vector_env.observations()
         self._reset_seeds()
         self._reset_options()
         return obs
