@@ -45,6 +45,8 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import VecEnv
 from transformers import PreTrainedModel
 
+from rlhf_gym.agents import distributed
+from rlhf_gym.agents.data_parallel import actor_critic_update
 from rlhf_gym.agents.group_algorithms import (
     GRPO,
     RLOO,
@@ -108,7 +110,14 @@ class KLControlMixin:
                 "build the env with make_vec_env(n) (group_size=1), or pick a group algorithm: "
                 "grpo, rloo, reinforce_pp."
             )
+        if distributed.enabled() and not self.supports_data_parallel():
+            raise ValueError(
+                f"{type(self).__name__} cannot train on {distributed.world_size()} ranks: "
+                f"{self._data_parallel_refusal} Run it as one process, or pick one of: "
+                "ppo, maskable_ppo, a2c, grpo, rloo, reinforce_pp."
+            )
         super()._setup_model()  # type: ignore[misc]
+        distributed.broadcast_parameters(self.policy.parameters())  # equal start on every rank
         if not isinstance(self.rollout_buffer, KLShapingMixin):
             raise TypeError(
                 f"rollout_buffer_class={self.rollout_buffer_class.__name__} does not apply the KL "
@@ -152,6 +161,18 @@ class KLControlMixin:
         finally:
             policy.bootstrap_unused = None
 
+    #: Why the class cannot train on several ranks (shown when it is asked to).
+    _data_parallel_refusal = "it has no data-parallel update (train_data_parallel)."
+
+    def supports_data_parallel(self) -> bool:
+        """Whether the class overrides :meth:`train_data_parallel` (PPO, MaskablePPO, A2C)."""
+        return type(self).train_data_parallel is not KLControlMixin.train_data_parallel
+
+    def train_data_parallel(self) -> None:
+        """The update when several ranks train (:mod:`rlhf_gym.agents.data_parallel`); a
+        registered algorithm that wants ranks overrides it."""
+        raise NotImplementedError
+
     def train(self) -> None:
         # The full-vocabulary entropy costs a [batch, vocab] softmax and its backward; with
         # ent_coef == 0 (TRPO has none) it is multiplied by zero, so the policy skips it while
@@ -161,7 +182,10 @@ class KLControlMixin:
         if previous is not None:
             policy.compute_entropy = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
         try:
-            super().train()  # type: ignore[misc]
+            if distributed.enabled():
+                self.train_data_parallel()
+            else:
+                super().train()  # type: ignore[misc]
         finally:
             if previous is not None:
                 policy.compute_entropy = previous
@@ -192,9 +216,15 @@ def check_finite_losses(algorithm: Any) -> None:
 class PPO(KLControlMixin, sb3.PPO):
     """stable-baselines3 PPO with KL control (see :class:`KLControlMixin`)."""
 
+    def train_data_parallel(self) -> None:
+        actor_critic_update(self)
+
 
 class A2C(KLControlMixin, sb3.A2C):
     """stable-baselines3 A2C with KL control (see :class:`KLControlMixin`)."""
+
+    def train_data_parallel(self) -> None:
+        actor_critic_update(self, a2c=True)
 
 
 class TRPO(KLControlMixin, _SB3TRPO):
@@ -204,6 +234,11 @@ class TRPO(KLControlMixin, _SB3TRPO):
     Fisher-vector products differentiate the policy twice, and PyTorch's fused attention
     kernels (``sdpa``, the policy's default) have no double backward.
     """
+
+    _data_parallel_refusal = (
+        "its line search evaluates the loss at trial steps, one collective per trial, which is "
+        "not built."
+    )
 
     def __init__(self, policy: Any, *args: Any, **kwargs: Any) -> None:
         if isinstance(policy, type) and issubclass(policy, _LoRACore):
@@ -215,6 +250,9 @@ class TRPO(KLControlMixin, _SB3TRPO):
 
 class MaskablePPO(KLControlMixin, _SB3MaskablePPO):
     """sb3-contrib MaskablePPO with KL control; the env must offer ``action_masks()``."""
+
+    def train_data_parallel(self) -> None:
+        actor_critic_update(self)
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,10 @@ def _report(err: Exception, *, debug: bool) -> int:
         actionable = (TypeError, KeyError)  # our own checks (a bad spec, a missing column)
     if debug or not isinstance(err, actionable):
         raise err
-    console.print(f"[bold red]error:[/] {err}  (--debug shows the traceback)", highlight=False)
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    console.print(
+        f"[bold red]error:[/] {rank}{err}  (--debug shows the traceback)", highlight=False
+    )
     return 2
 
 
@@ -213,7 +216,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = build_config(TrainConfig, args, args.config)
         result = train(cfg)
-        _print_train_report(result)
+        if result.before is not None:  # rank 0 (or the only process) reports
+            _print_train_report(result)
         return 0
     if args.command == "evaluate":
         return _evaluate(build_config(EvaluateConfig, args, args.config))

@@ -53,6 +53,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from rlhf_gym.agents import distributed
 from rlhf_gym.agents import group_losses as gl
 from rlhf_gym.agents.kl import make_kl_controller
 from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy, record_model_by_path
@@ -284,6 +285,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
             self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
         )
         self.policy = self.policy.to(self.device)
+        distributed.broadcast_parameters(self.policy.parameters())  # equal start on every rank
         self.rollout_buffer = EpisodeBuffer()  # type: ignore[assignment]
         self.policy_kwargs = record_model_by_path(self.policy_kwargs, self.policy)
         if self.env is not None:
@@ -388,9 +390,12 @@ class GroupRelativePO(OnPolicyAlgorithm):
         """``[E, T]`` advantages; ``kl`` (``[E, T]`` logp - ref) shapes rewards when not in the loss."""
         beta = 0.0 if self.kl_in_loss else float(self.kl_controller.value)
         rewards = batch["rewards"]
+        sum_fn = distributed.all_reduce_tensor  # batch statistics over every rank
         if self.baseline == "batch":
             returns = gl.token_returns(rewards, kl, mask, beta)
-            return gl.batch_whiten(returns, mask, scale=self.scale_rewards == "batch")
+            return gl.batch_whiten(
+                returns, mask, scale=self.scale_rewards == "batch", sum_fn=sum_fn
+            )
         if kl is not None and beta:
             rewards = rewards - beta * (kl * mask).sum(-1)
         order = torch.argsort(batch["group_ids"], stable=True)
@@ -398,7 +403,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
         grouped = rewards[order].reshape(-1, k)  # [G, k]; complete groups (checked)
         adv = torch.empty_like(rewards)
         adv[order] = gl.group_advantages(
-            grouped, baseline=self.baseline, scale=self.scale_rewards
+            grouped, baseline=self.baseline, scale=self.scale_rewards, sum_fn=sum_fn
         ).flatten()
         zero_std = (grouped.std(-1) == 0).float().mean() if k > 1 else torch.tensor(0.0)
         self.logger.record("rollout/zero_std_share", float(zero_std))
@@ -437,13 +442,18 @@ class GroupRelativePO(OnPolicyAlgorithm):
                 action_masks=batch["action_masks"],
             )
             kl = (old - ref) * mask
-            kl_per_seq = float(kl.sum(-1).mean())
+            kl_sum, n_seq, n_tok = distributed.all_reduce(
+                [float(kl.sum()), old.shape[0], float(mask.sum())]
+            )  # global over ranks: every rank's controller takes the same step
+            kl_per_seq = kl_sum / n_seq
             self.logger.record("rollout/kl", kl_per_seq)
-            self.logger.record("rollout/kl_per_token", float(kl.sum() / mask.sum()))
-            self.kl_controller.update(kl_per_seq, int(old.shape[0]))
+            self.logger.record("rollout/kl_per_token", kl_sum / n_tok)
+            self.kl_controller.update(kl_per_seq, int(n_seq))
         self.logger.record("train/kl_coef", beta)
         advantages = self._advantages(batch, mask, kl)
-        tokens_per_seq = float(mask.sum() / mask.shape[0])
+        world = distributed.world_size()
+        all_tokens, all_seqs = distributed.all_reduce([float(mask.sum()), mask.shape[0]])
+        tokens_per_seq = all_tokens / all_seqs  # DAPO's normaliser: the whole rollout's
         max_new = self._max_new_tokens(int(old.shape[1]))
         n = old.shape[0]
         size = self.batch_size or n
@@ -454,7 +464,9 @@ class GroupRelativePO(OnPolicyAlgorithm):
                    "masks": masks, "max_new": max_new, "tokens_per_seq": tokens_per_seq}  # fmt: skip
         for _ in range(self.num_iterations):
             for idx in torch.randperm(n, device=old.device).split(size):
-                n_tokens = float(mask[idx].sum())
+                # The minibatch's tokens over every rank, per rank: bnpo's mean over all of them
+                # once the ranks' gradients are averaged (equal sequence counts on every rank).
+                n_tokens = distributed.all_reduce([float(mask[idx].sum())])[0] / world
                 self.policy.optimizer.zero_grad()
                 sums = np.zeros(4)  # loss, approx-KL sum, clipped tokens, k3 sum
                 for part in idx.split(chunk):
@@ -469,6 +481,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
                         )
                     loss.backward()  # gradients accumulate over the minibatch's chunks
                     sums += [float(loss.detach()), *stats]
+                distributed.average_gradients(self.policy.parameters())
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
                 losses.append(sums[0])

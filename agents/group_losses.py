@@ -22,9 +22,19 @@ conventions follow TRL's ``GRPOTrainer`` where it has one, so a user can map set
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
+
+#: Sums a tensor over data-parallel ranks (:func:`rlhf_gym.agents.distributed.all_reduce_tensor`);
+#: the identity in one process. Batch statistics pass their sums through it.
+SumFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t
+
 
 Baseline = Literal["group_mean", "leave_one_out", "batch"]
 ScaleRewards = Literal["group", "batch", "none"]
@@ -38,12 +48,13 @@ STD_EPS = 1e-4
 
 
 def group_advantages(
-    rewards: torch.Tensor, *, baseline: Baseline, scale: ScaleRewards
+    rewards: torch.Tensor, *, baseline: Baseline, scale: ScaleRewards, sum_fn: SumFn = _local
 ) -> torch.Tensor:
     """Sequence advantages of ``rewards`` ``[G, k]`` (G groups of k answers to one prompt).
 
     A group whose rewards are all equal has zero advantage whatever the scale (its std is 0,
     the ``1e-4`` keeps the division finite): it adds no policy gradient, only the KL term.
+    ``sum_fn`` makes the ``"batch"`` std global over data-parallel ranks.
     """
     if baseline == "group_mean":
         centred = rewards - rewards.mean(-1, keepdim=True)
@@ -58,8 +69,16 @@ def group_advantages(
         std = rewards.std(-1, keepdim=True) if rewards.shape[-1] > 1 else torch.zeros_like(rewards)
         return centred / (std + STD_EPS)
     if scale == "batch":
-        return centred / (rewards.std() + STD_EPS)
+        return centred / (_std(rewards, torch.ones_like(rewards), sum_fn) + STD_EPS)
     return centred
+
+
+def _std(values: torch.Tensor, mask: torch.Tensor, sum_fn: SumFn) -> torch.Tensor:
+    """Unbiased std of the ``mask``-ed entries of ``values`` over every rank (two passes)."""
+    n, total = sum_fn(torch.stack([mask.sum(), (values * mask).sum()]).double())
+    mean = total / n.clamp(min=1)
+    var = sum_fn((((values - mean) * mask) ** 2).sum().double()) / (n - 1).clamp(min=1)
+    return var.sqrt().to(values.dtype)
 
 
 def token_returns(
@@ -77,15 +96,18 @@ def token_returns(
     return (returns - beta * tail) * mask
 
 
-def batch_whiten(values: torch.Tensor, mask: torch.Tensor, *, scale: bool) -> torch.Tensor:
-    """REINFORCE++: subtract the mean over all valid tokens and (``scale``) divide by their std."""
-    n = mask.sum().clamp(min=1)
-    mean = (values * mask).sum() / n
+def batch_whiten(
+    values: torch.Tensor, mask: torch.Tensor, *, scale: bool, sum_fn: SumFn = _local
+) -> torch.Tensor:
+    """REINFORCE++: subtract the mean over all valid tokens and (``scale``) divide by their std
+    (over every rank's tokens with a data-parallel ``sum_fn``)."""
+    n, total = sum_fn(torch.stack([mask.sum(), (values * mask).sum()]).double())
+    mean = (total / n.clamp(min=1)).to(values.dtype)
     centred = (values - mean) * mask
     if not scale:
         return centred
-    var = (centred**2).sum() / (n - 1).clamp(min=1)
-    return centred / (var.sqrt() + STD_EPS)
+    var = sum_fn((centred.double() ** 2).sum()) / (n - 1).clamp(min=1)
+    return centred / (var.sqrt().to(values.dtype) + STD_EPS)
 
 
 def k3_kl(log_prob: torch.Tensor, ref_log_prob: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,8 @@ import torch
 from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer
 from stable_baselines3.common.buffers import DictRolloutBuffer
 
+from rlhf_gym.agents import distributed
+
 
 class KLController(Protocol):
     """Holds the current KL coefficient ``value`` and updates it from a measured KL."""
@@ -174,7 +176,7 @@ class KLShapingMixin:
             # A remainder under half a batch joins the previous minibatch: a minibatch of one
             # transition has no advantage std (sb3-contrib's MaskablePPO would divide by NaN).
             batches[-2:] = [np.concatenate(batches[-2:])]
-        return batches
+        return _same_count_on_every_rank(batches)
 
     def get(self, batch_size: int | None = None) -> Any:
         """SB3's ``get`` with minibatches of whole episodes (see the class docstring)."""
@@ -206,13 +208,17 @@ class KLShapingMixin:
         ref = self._reference_log_probs(algorithm.policy)
         self.rewards, kl = shape_rewards(self.rewards, self.log_probs, ref, beta)
         self.last_kl = kl
-        n_sequences = int(self.n_envs + self.episode_starts[1:].sum())
-        kl_per_sequence = float(kl.sum()) / max(n_sequences, 1)
-        controller.update(kl_per_sequence, n_sequences)
+        local_sequences = int(self.n_envs + self.episode_starts[1:].sum())
+        # Global over ranks (the identity with one): every rank's controller takes one step.
+        kl_sum, n_sequences, n_tokens = distributed.all_reduce(
+            [float(kl.sum()), local_sequences, kl.size]
+        )
+        kl_per_sequence = kl_sum / max(n_sequences, 1)
+        controller.update(kl_per_sequence, int(n_sequences))
         logger = getattr(algorithm, "_logger", None)
         if logger is not None:
             logger.record("rollout/kl", kl_per_sequence)
-            logger.record("rollout/kl_per_token", float(kl.mean()))
+            logger.record("rollout/kl_per_token", kl_sum / max(n_tokens, 1))
             logger.record("train/kl_coef", beta)
 
     def _reference_log_probs(self, policy: Any) -> np.ndarray:
@@ -228,6 +234,20 @@ class KLShapingMixin:
         )
         ref = policy.reference_log_prob(obs, actions, masks_t)
         return ref.cpu().numpy().reshape(self.buffer_size, self.n_envs).astype(np.float32)
+
+
+def _same_count_on_every_rank(batches: list[np.ndarray]) -> list[np.ndarray]:
+    """Split the largest minibatches until this rank has as many as the rank with the most.
+
+    Ranks pack episodes of different lengths, so their minibatch counts can differ; every
+    minibatch is an optimizer step with a gradient collective, so the counts must match or a
+    rank would wait forever. One rank (the usual case) returns ``batches`` unchanged.
+    """
+    target = int(distributed.all_reduce([len(batches)], op="max")[0])
+    while len(batches) < target:
+        k = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batches[k : k + 1] = np.array_split(batches[k], 2)
+    return batches
 
 
 class KLDictRolloutBuffer(KLShapingMixin, DictRolloutBuffer):

@@ -5,6 +5,14 @@ The run directory holds ``config.yaml``, ``metrics.csv`` (SB3's logger: ``rollou
 ``checkpoints/`` (atomic, resumable), ``eval.csv`` (held-out evaluation over training),
 ``reward_curve.png``, ``samples.json`` (generations before and after) and ``adapter/`` (a peft
 adapter that ``PeftModel.from_pretrained`` loads).
+
+Under ``torchrun`` the same config runs on every rank (:mod:`rlhf_gym.agents.distributed`):
+``num_envs``, ``batch_size`` and ``n_steps`` are per rank (as a per-device batch size),
+``total_timesteps``, ``eval_every`` and ``checkpoint_every`` count the steps of all ranks. Each
+rank answers its own shard of the prompts with env seeds ``seed + rank * num_envs + i`` and
+samples with agent seed ``seed + rank``; rank 0 alone evaluates and writes the run directory;
+checkpoints hold every rank's envs and RNGs, so a resumed run with the same number of ranks
+continues exactly (another number is refused).
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from typing import Any
 
 import numpy as np
 import yaml
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import CSVOutputFormat, configure
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
+from stable_baselines3.common.logger import CSVOutputFormat, Logger, configure
+from tqdm.rich import tqdm
 
 from rlhf_gym.agents import checkpoints as ckpt
+from rlhf_gym.agents import distributed
 from rlhf_gym.agents.evaluation import EvalStats, evaluate_model
 from rlhf_gym.envs import TextGenerationEnv, make_vec_env
 
@@ -174,8 +184,11 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    before: EvalStats
-    after: EvalStats
+    """A finished run; on ranks other than 0 (which evaluate nothing) ``before``/``after`` are
+    ``None``."""
+
+    before: EvalStats | None
+    after: EvalStats | None
     seconds: float
     output_dir: Path
     timesteps: int
@@ -333,10 +346,13 @@ class EvalCallback(BaseCallback):
         return True
 
     def _on_rollout_start(self) -> None:
-        if self.every and self.num_timesteps >= self.run.eval_next:
+        step = self.run.global_steps()
+        if self.every and step >= self.run.eval_next:
             self.run.eval_next += self.every
+            if not self.run.dist.is_main:  # rank 0 evaluates; the others go on to the rollout
+                return
             stats = self.run.evaluate(use_adapter=True)
-            self.run.log_eval(self.num_timesteps, stats)
+            self.run.log_eval(step, stats)
             for key, value in stats.as_row().items():
                 self.logger.record(f"eval/{key}", value)
 
@@ -356,17 +372,48 @@ class CheckpointCallback(BaseCallback):
         self._stop = False
 
     def _on_training_start(self) -> None:
-        self._last = self.num_timesteps
+        self._last = self.run.global_steps()
 
     def _on_step(self) -> bool:
         return not self._stop
 
     def _on_rollout_start(self) -> None:
-        due = self.every and self.num_timesteps - self._last >= self.every
+        step = self.run.global_steps()
+        due = self.every and step - self._last >= self.every
+        # A Ctrl-C reaches the ranks at different moments: any rank's stop stops them all.
+        self.run.stop_requested = distributed.any_rank(self.run.stop_requested)
         if due or self.run.stop_requested:
-            self._last = self.num_timesteps
+            self._last = step
             self.run.checkpoint()
         self._stop = self.run.stop_requested
+
+
+class GlobalProgressBar(ProgressBarCallback):
+    """SB3's progress bar counting the steps of every rank (``world_size`` times this rank's)."""
+
+    def __init__(self, world_size: int) -> None:
+        super().__init__()
+        self.world_size = world_size
+
+    def _on_training_start(self) -> None:
+        total = self.locals["total_timesteps"] - self.model.num_timesteps
+        self.pbar = tqdm(total=total * self.world_size)
+
+    def _on_step(self) -> bool:
+        self.pbar.update(self.training_env.num_envs * self.world_size)
+        return True
+
+
+class DistributedLogger(Logger):
+    """SB3's logger whose every dump first makes the values global over ranks
+    (:func:`rlhf_gym.agents.distributed.reduce_logs`): all ranks dump at the same points of the
+    loop; only rank 0 has output formats. Steps are written as global steps."""
+
+    def dump(self, step: int = 0) -> None:
+        reduced = distributed.reduce_logs(dict(self.name_to_value))
+        self.name_to_value.clear()
+        self.name_to_value.update(reduced)
+        super().dump(step * distributed.world_size())
 
 
 class _Run:
@@ -377,10 +424,16 @@ class _Run:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        self.dist = distributed.info()
         check_model_path(cfg.model, "--model")
         check_model_path(cfg.tokenizer, "--tokenizer")
+        shard = {"shard": self.dist.shard} if self.dist.enabled else {}
         self.venv = make_vec_env(
-            cfg.num_envs, seed=cfg.seed, **group_kwargs(cfg), **env_kwargs(cfg)
+            cfg.num_envs,
+            seed=self.dist.env_seed(cfg.seed, cfg.num_envs),
+            **group_kwargs(cfg),
+            **env_kwargs(cfg),
+            **shard,
         )
         self.eval_env = eval_env(cfg, self.venv.envs[0])
         self.metrics = default_metrics(cfg)
@@ -401,8 +454,8 @@ class _Run:
                     "rlhf-gym, saved as a pickle zip); load it in Python with "
                     "load_agent(path, env, trust_pickle=True) if you trust it"
                 )
+            state = self._rank_state(ckpt.load_state(self.resumed_from))
             self.agent = load_agent(agent_dir, self.venv, device=cfg.device)
-            state = ckpt.load_state(self.resumed_from)
             self.resume_state = state
             self.agent.num_timesteps = int(state["num_timesteps"])
             self._set_kl_coef(state.get("kl_coef"))
@@ -425,7 +478,7 @@ class _Run:
                 kl_coef=cfg.kl_coef,
                 kl_target=cfg.kl_target,
                 kl_horizon=cfg.kl_horizon,
-                seed=cfg.seed,
+                seed=self.dist.agent_seed(cfg.seed),
                 device=cfg.device,
                 policy_kwargs={
                     "trust_remote_code": cfg.trust_remote_code,
@@ -435,17 +488,43 @@ class _Run:
                 },
                 **algo_kwargs,
             )
-        formats = ["tensorboard"] if _has_tensorboard() else []
-        logger = configure(str(self.out), formats)
-        resumed_step = int(self.agent.num_timesteps) if self.resumed_from is not None else None
-        logger.output_formats.append(
-            ResumableCSVOutputFormat(self.out / "progress.csv", resumed_step)
-        )
-        self.agent.set_logger(logger)
+        self.agent.set_logger(self._logger())
         if self.resumed_from is not None:
             pending = self.resume_state["loop"].get("pending_logs", {})
             for key, (value, excluded) in pending.items():
-                logger.record(key, value, exclude=tuple(excluded) or None)
+                self.agent.logger.record(key, value, exclude=tuple(excluded) or None)
+
+    def _logger(self) -> Logger:
+        """SB3's logger to ``progress.csv`` (and TensorBoard) on rank 0; other ranks only take
+        part in the reductions of :class:`DistributedLogger`."""
+        formats: list[Any] = []
+        if self.dist.is_main:
+            logger = configure(str(self.out), ["tensorboard"] if _has_tensorboard() else [])
+            formats = logger.output_formats
+            resumed_step = self.global_steps() if self.resumed_from is not None else None
+            formats.append(ResumableCSVOutputFormat(self.out / "progress.csv", resumed_step))
+        if not self.dist.enabled:
+            return Logger(str(self.out), formats)
+        return DistributedLogger(str(self.out), formats)
+
+    def global_steps(self) -> int:
+        """Env steps of all ranks (the ranks step in lockstep, so this rank's times the count)."""
+        return int(self.agent.num_timesteps) * self.dist.world_size
+
+    def _rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's state as this rank saved it (rank 0's at the top level, the other
+        ranks' under ``other_ranks``); a checkpoint of another number of ranks is refused."""
+        saved = int(state.get("world_size", 1))
+        if saved != self.dist.world_size:
+            raise ValueError(
+                f"--resume: {self.resumed_from} was written by {saved} rank(s) and this run has "
+                f"{self.dist.world_size}; each rank's envs and random streams are in the "
+                f"checkpoint, so resume with {saved} rank(s) (torchrun --nproc-per-node ...) or "
+                "start a new run in another --output-dir"
+            )
+        if self.dist.rank == 0:
+            return state
+        return {**state, **state["other_ranks"][self.dist.rank - 1]}
 
     @property
     def model(self) -> Any:
@@ -495,16 +574,32 @@ class _Run:
                 writer.writeheader()
             writer.writerow(row)
 
-    def checkpoint(self) -> Path:
+    def checkpoint(self) -> Path | None:
         """Everything the next rollout depends on, taken at a rollout's start (see
         :meth:`_restore_loop`): weights and optimizer (``agent/``), RNGs, the envs with their
-        episodes in flight, SB3's loop state and the evaluation schedule."""
+        episodes in flight, SB3's loop state and the evaluation schedule. With several ranks
+        every rank sends its own RNGs, envs and loop state to rank 0, which writes them all
+        (the weights and optimizer are equal on every rank); other ranks return ``None``."""
         controller = self._kl_controller()
         agent = self.agent
-        starts = getattr(agent, "_last_episode_starts", None)
+        states = distributed.all_gather_json(self._own_state())
+        if not self.dist.is_main:
+            return None
         state = {
             "num_timesteps": int(agent.num_timesteps),
+            "world_size": self.dist.world_size,
             "kl_coef": float(controller.value) if controller is not None else None,
+            **states[0],
+            "other_ranks": states[1:],
+            "config": dataclasses.asdict(self.cfg),
+        }
+        return ckpt.save_checkpoint(self.out, self.global_steps(), agent, state)
+
+    def _own_state(self) -> dict[str, Any]:
+        """This rank's part of a checkpoint: its RNGs, envs and SB3 loop state."""
+        agent = self.agent
+        starts = getattr(agent, "_last_episode_starts", None)
+        return {
             "rng": ckpt.rng_state(),
             "venv": self.venv.vector_env.state_dict(),
             "loop": {
@@ -521,9 +616,7 @@ class _Run:
                     for key, value in agent.logger.name_to_value.items()
                 },
             },
-            "config": dataclasses.asdict(self.cfg),
         }
-        return ckpt.save_checkpoint(self.out, int(agent.num_timesteps), agent, state)
 
     def _restore_loop(self, state: dict[str, Any]) -> None:
         """Put the envs (episodes in flight included) and SB3's loop where the checkpoint was,
@@ -541,42 +634,55 @@ class _Run:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train ``cfg.algo`` on the env ``cfg`` describes; see the module docstring for outputs."""
+    """Train ``cfg.algo`` on the env ``cfg`` describes; see the module docstring for outputs.
+
+    Under ``torchrun`` this joins the process group first (:func:`distributed.init`) and every
+    rank runs the same config (module docstring)."""
     start = time.perf_counter()
+    dist_info = distributed.init()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    if dist_info.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     run = _Run(cfg)
     if run.resumed_from is not None:
-        done = int(run.agent.num_timesteps)
+        done = run.global_steps()
         if done >= cfg.total_timesteps:
             raise RunFinished(
                 f"{out} already finished at step {done} (total_timesteps={cfg.total_timesteps}); "
                 "nothing changed. Raise --total-timesteps to train on."
             )
-        trim_csv(out / "eval.csv", "step", done)
-    before = run.evaluate(use_adapter=False)
-    if run.resumed_from is None:
+        if dist_info.is_main:
+            trim_csv(out / "eval.csv", "step", done)
+    before = run.evaluate(use_adapter=False) if dist_info.is_main else None
+    if run.resumed_from is None and before is not None:
         run.log_eval(0, before)
-    callbacks = CallbackList(
-        [EvalCallback(run, cfg.eval_every), CheckpointCallback(run, cfg.checkpoint_every)]
-    )
-    remaining = max(0, cfg.total_timesteps - int(run.agent.num_timesteps))
+    callbacks: list[BaseCallback] = [
+        EvalCallback(run, cfg.eval_every),
+        CheckpointCallback(run, cfg.checkpoint_every),
+    ]
+    if cfg.progress_bar and dist_info.is_main:
+        callbacks.append(GlobalProgressBar(dist_info.world_size))
+    # This rank's share of the steps: the ranks step in lockstep, each num_envs per step.
+    per_rank_total = -(-cfg.total_timesteps // dist_info.world_size)
+    remaining = max(0, per_rank_total - int(run.agent.num_timesteps))
     with _stop_on_ctrl_c(run):
         run.agent.learn(
             remaining,
-            callback=callbacks,
-            progress_bar=cfg.progress_bar,
+            callback=CallbackList(callbacks),
             reset_num_timesteps=run.resumed_from is None,
         )
     if run.stop_requested:
         raise RunStopped(
-            f"stopped by Ctrl-C after a checkpoint at step {int(run.agent.num_timesteps)}; "
-            f"continue with: rlhf-gym train --output-dir {out} --resume (and the same options)"
+            f"stopped by Ctrl-C after a checkpoint at step {run.global_steps()}; continue "
+            f"with: rlhf-gym train --output-dir {out} --resume (and the same options)"
         )
     run.checkpoint()
+    if not dist_info.is_main:
+        return TrainResult(None, None, time.perf_counter() - start, out, run.global_steps())
+    assert before is not None
     after = run.evaluate(use_adapter=True)
-    run.log_eval(int(run.agent.num_timesteps), after)
+    run.log_eval(run.global_steps(), after)
     run.agent.policy.save_pretrained(out / "adapter")
     (out / "samples.json").write_text(
         json.dumps({"before": before.samples, "after": after.samples}, indent=2, ensure_ascii=False)
@@ -587,13 +693,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     summary = {
         "before": before.as_row(),
         "after": after.as_row(),
-        "timesteps": int(run.agent.num_timesteps),
+        "timesteps": run.global_steps(),
         "checks": [dataclasses.asdict(c) for c in checks],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(
-        before, after, time.perf_counter() - start, out, int(run.agent.num_timesteps), checks
-    )
+    return TrainResult(before, after, time.perf_counter() - start, out, run.global_steps(), checks)
 
 
 def _jsonable_log(value: Any) -> Any:

@@ -306,6 +306,26 @@ class PromptDataset:
 
         return pick(train_idx, "train"), pick(eval_idx, "eval")
 
+    def shard(self, rank: int, world_size: int) -> PromptDataset:
+        """Rows ``rank, rank + world_size, ...``: one data-parallel rank's disjoint part.
+
+        A fixed, strided partition (as ``torch.utils.data.DistributedSampler`` without
+        reshuffling across ranks): every prompt belongs to exactly one rank, so no prompt is
+        answered twice per epoch across ranks, and each rank's sampler shuffles its own part.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"shard rank must be in [0, {world_size}), got {rank}")
+        if world_size == 1:
+            return self
+        if len(self) < world_size:
+            raise ValueError(
+                f"{self.name}: {len(self)} prompts cannot be shared by {world_size} ranks (each "
+                "needs at least one); give more prompts or run fewer ranks"
+            )
+        rows = self.rows[rank::world_size]
+        name = f"{self.name}[shard {rank}/{world_size}]"
+        return PromptDataset(rows, name=name, n_truncated=self.n_truncated)
+
 
 def _prompt_text(
     rec: _Record,

@@ -94,6 +94,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
     * ``truncation``: ``"left"`` (keep a long prompt's last tokens) or ``"error"``.
     * ``split``, ``eval_fraction``, ``split_seed``: hold out ``eval_fraction`` of the prompts by a
       seeded permutation and serve the ``"train"`` or ``"eval"`` part (or ``"all"``).
+    * ``shard``: ``(rank, world_size)`` of a data-parallel run: serve only rows ``rank``,
+      ``rank + world_size``, ... of the split, so ranks answer disjoint prompts
+      (:meth:`PromptDataset.shard`; ``rlhf_gym.agents.distributed.init()`` gives the pair).
     * ``sampling``: ``"epoch"`` or ``"uniform"``.
     * ``stop_on_eos``, ``stop_strings``: termination conditions.
     * ``reward_bound``, ``reward_clip``: a score beyond ``+-reward_bound`` (default 1e4) stops
@@ -142,6 +145,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         split: Split = "train",
         eval_fraction: float = 0.0,
         split_seed: int = 0,
+        shard: tuple[int, int] | None = None,
         sampling: Sampling = "epoch",
         stop_on_eos: bool = True,
         eos_token_ids: Sequence[int] | None = None,
@@ -207,6 +211,8 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
                 f"max_prompt_tokens={self.max_prompt_tokens}; compile it with the same limit"
             )
         self.dataset = resolve_split(compiled, split, eval_fraction, split_seed)
+        if shard is not None:
+            self.dataset = self.dataset.shard(*shard)
         self.reward_fn: CompositeReward = resolve_reward(
             reward, trust_import_factories=trust_reward_factories
         )

@@ -84,7 +84,8 @@ class TextGenerationVectorEnv(VectorEnv):
         shared = dict(
             env_kwargs, tokenizer=first.tokenizer, prompts=first.dataset, reward=first.reward_fn
         )
-        shared["split"] = "all"  # first.dataset is already the requested split
+        shared["split"] = "all"  # first.dataset is already the requested split (and shard)
+        shared.pop("shard", None)
         self.envs: list[TextGenerationEnv] = [first] + [
             TextGenerationEnv(**shared) for _ in range(num_envs - 1)
         ]

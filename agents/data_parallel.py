@@ -1,0 +1,162 @@
+"""The update of PPO, MaskablePPO and A2C when several ranks train one policy.
+
+One process runs stable-baselines3's own ``train()``. With more ranks that loop would average
+nothing and decide alone: its losses are means over the local minibatch, its advantage
+normalisation and its ``target_kl`` early stop see local numbers, and it clips the local
+gradient. :func:`actor_critic_update` is the same update written for ranks
+(:mod:`rlhf_gym.agents.distributed`):
+
+- each rank's loss is its *sum* over its minibatch divided by the global minibatch size (times
+  the world size, undone by gradient averaging), so the averaged gradient is the gradient of the
+  one-process mean even when minibatches of whole episodes differ in size across ranks;
+- advantages are normalised with the global mean and (unbiased) std of the minibatch, as SB3
+  does with the local ones;
+- the approximate KL of the ``target_kl`` early stop is the global mean, so all ranks stop at the
+  same minibatch (a local decision would leave one rank waiting in a collective forever);
+- gradients are averaged before clipping; logged losses and explained variance are global.
+
+With one minibatch per epoch (``batch_size`` at least the rollout) the result equals SB3's
+update of one process holding every rank's rollout (``tests/test_distributed.py``). TRPO is not
+here: its line search evaluates the loss at trial steps, which would need a collective per
+trial; it refuses to run on more than one rank (:mod:`rlhf_gym.agents.algorithms`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from rlhf_gym.agents import distributed
+
+
+def actor_critic_update(algo: Any, *, a2c: bool = False) -> None:
+    """One update of PPO (clipped surrogate, epochs of minibatches) or, with ``a2c=True``, of A2C
+    (one step on the whole rollout, plain policy gradient), across ranks (module docstring)."""
+    policy = algo.policy
+    policy.set_training_mode(True)
+    algo._update_learning_rate(policy.optimizer)
+    world = distributed.world_size()
+    clip_range = None if a2c else float(algo.clip_range(algo._current_progress_remaining))
+    clip_range_vf = None
+    if not a2c and algo.clip_range_vf is not None:
+        clip_range_vf = float(algo.clip_range_vf(algo._current_progress_remaining))
+    n_epochs = 1 if a2c else int(algo.n_epochs)
+    batch_size = None if a2c else algo.batch_size
+    # Global sums of [samples, policy loss, value loss, entropy loss, clipped] for the logs.
+    log_sums = np.zeros(5)
+    approx_kls: list[float] = []
+    stopped = False
+    for epoch in range(n_epochs):
+        for data in algo.rollout_buffer.get(batch_size):
+            actions = data.actions
+            if isinstance(algo.action_space, spaces.Discrete):
+                actions = actions.long().flatten()
+            masks = getattr(data, "action_masks", None)
+            extra = {} if masks is None else {"action_masks": masks}
+            values, log_prob, entropy = policy.evaluate_actions(data.observations, actions, **extra)
+            values = values.flatten()  # [b]
+            advantages = data.advantages  # [b]
+            with torch.no_grad():
+                log_ratio = log_prob - data.old_log_prob
+                kl_sum = float(((torch.exp(log_ratio) - 1) - log_ratio).sum())
+            n, adv_sum, adv_sq, kl_total = distributed.all_reduce(
+                [len(advantages), float(advantages.sum()), float((advantages**2).sum()), kl_sum]
+            )
+            if algo.normalize_advantage and n > 1:
+                mean = adv_sum / n
+                std = max((adv_sq - n * mean * mean) / (n - 1), 0.0) ** 0.5
+                advantages = (advantages - mean) / (std + 1e-8)
+            approx_kl = kl_total / n
+            approx_kls.append(approx_kl)
+            if not a2c and algo.target_kl is not None and approx_kl > 1.5 * algo.target_kl:
+                stopped = True
+                if algo.verbose >= 1:
+                    print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl:.2f}")
+                break
+            if a2c:
+                policy_loss = -(advantages * log_prob).sum()
+                clipped = 0.0
+            else:
+                ratio = torch.exp(log_prob - data.old_log_prob)
+                surrogate = torch.min(
+                    advantages * ratio,
+                    advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range),
+                )
+                policy_loss = -surrogate.sum()
+                clipped = float(((ratio - 1).abs() > clip_range).float().sum())
+            values_pred = values
+            if clip_range_vf is not None:
+                values_pred = data.old_values + torch.clamp(
+                    values - data.old_values, -clip_range_vf, clip_range_vf
+                )
+            value_loss = ((data.returns - values_pred) ** 2).sum()
+            entropy_loss = -(entropy.sum() if entropy is not None else -log_prob.sum())
+            total = policy_loss + algo.ent_coef * entropy_loss + algo.vf_coef * value_loss
+            loss = total * (world / n)  # averaged over ranks: the global minibatch mean
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{type(algo).__name__}: the loss became {float(loss)} at step "
+                    f"{algo.num_timesteps}, before the optimizer step (no weight changed; resume "
+                    "from the last checkpoint). Usual causes: rewards far larger than a few "
+                    "units (set a reward_bound / reward_clip) or a learning rate too high."
+                )
+            policy.optimizer.zero_grad()
+            loss.backward()
+            distributed.average_gradients(policy.parameters())
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), algo.max_grad_norm)
+            policy.optimizer.step()
+            log_sums += [
+                len(advantages),
+                float(policy_loss.detach()),
+                float(value_loss.detach()),
+                float(entropy_loss.detach()),
+                clipped,
+            ]
+        algo._n_updates += 1
+        if stopped:
+            break
+    sums = distributed.all_reduce(list(log_sums))
+    _record(algo, sums, float(np.mean(approx_kls)), clip_range, clip_range_vf, a2c)
+
+
+def _record(
+    algo: Any,
+    sums: list[float],
+    approx_kl: float,
+    clip_range: float | None,
+    clip_range_vf: float | None,
+    a2c: bool,
+) -> None:
+    """SB3's ``train/`` keys, from global sums (losses are means per sample here, where SB3
+    averages per-minibatch means: equal when minibatches are equal)."""
+    n = max(sums[0], 1.0)
+    logger = algo.logger
+    buffer = algo.rollout_buffer
+    logger.record("train/n_updates", algo._n_updates, exclude="tensorboard")
+    logger.record("train/explained_variance", _explained_variance(buffer.values, buffer.returns))
+    logger.record("train/entropy_loss", sums[3] / n)
+    logger.record("train/value_loss", sums[2] / n)
+    if a2c:
+        logger.record("train/policy_loss", sums[1] / n)
+        return
+    logger.record("train/policy_gradient_loss", sums[1] / n)
+    logger.record("train/approx_kl", approx_kl)
+    logger.record("train/clip_fraction", sums[4] / n)
+    logger.record("train/loss", (sums[1] + algo.ent_coef * sums[3] + algo.vf_coef * sums[2]) / n)
+    logger.record("train/clip_range", clip_range)
+    if clip_range_vf is not None:
+        logger.record("train/clip_range_vf", clip_range_vf)
+
+
+def _explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
+    """``1 - Var(returns - values) / Var(returns)`` over every rank's rollout (SB3's formula)."""
+    y, d = returns.reshape(-1).astype(np.float64), (returns - values).reshape(-1)
+    n, sy, syy, sd, sdd = distributed.all_reduce(
+        [y.size, y.sum(), (y * y).sum(), d.sum(), (d.astype(np.float64) ** 2).sum()]
+    )
+    var_y = syy / n - (sy / n) ** 2
+    var_d = sdd / n - (sd / n) ** 2
+    return float("nan") if var_y == 0 else float(1 - var_d / var_y)
