@@ -141,7 +141,19 @@ class KLControlMixin:
         call (truncated episodes' terminal values) before the step's ``add``, so before the
         buffer is full. Advantages and returns are unchanged (tested). ``*args``: MaskablePPO's
         ``use_masking``.
+
+        With several ranks ``num_timesteps`` counts the steps of all of them
+        (:func:`rlhf_gym.agents.distributed.count_steps` after each rollout), so ``learn``'s
+        total, callbacks and logs agree on every rank.
         """
+        start = self.num_timesteps
+        more = self._collect_rollouts(env, callback, rollout_buffer, n_rollout_steps, *args)
+        self.num_timesteps = distributed.count_steps(start, self.num_timesteps)
+        return more
+
+    def _collect_rollouts(
+        self, env: VecEnv, callback: Any, rollout_buffer: Any, n_rollout_steps: int, *args: Any
+    ) -> bool:
         policy = self.policy
         if not isinstance(policy, _LoRACore):
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps, *args)  # type: ignore[misc]

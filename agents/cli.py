@@ -162,7 +162,7 @@ def _report(err: Exception, *, debug: bool) -> int:
         actionable = (TypeError, KeyError)  # our own checks (a bad spec, a missing column)
     if debug or not isinstance(err, actionable):
         raise err
-    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    rank = f"\\[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     console.print(
         f"[bold red]error:[/] {rank}{err}  (--debug shows the traceback)", highlight=False
     )

@@ -245,6 +245,18 @@ def all_gather_json(obj: Any) -> list[Any]:
     ]
 
 
+def count_steps(start: int, now: int) -> int:
+    """``start`` plus the steps every rank took since it (this rank took ``now - start``).
+
+    The algorithms keep ``num_timesteps`` as the count of all ranks, synchronised after each
+    rollout: ranks of the group algorithms finish their rounds after different numbers of
+    steps, and ``learn``'s stopping test, the checkpoint and evaluation schedules and the logs
+    must agree on every rank (a rank that decided alone would leave the others waiting)."""
+    if not enabled():
+        return now
+    return start + int(all_reduce([now - start])[0])
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is true on any rank (e.g. a stop asked for with Ctrl-C on one of them)."""
     return all_reduce([float(flag)], op="max")[0] > 0
@@ -256,13 +268,10 @@ def barrier() -> None:
 
 
 # ------------------------------------------------------------------------------ logs
-#: Logged values that add up over ranks (each rank reports its own share); all others are means.
-SUMMED_LOGS = frozenset({"time/fps", "time/total_timesteps"})
-
-
 def reduce_logs(name_to_value: dict[str, Any]) -> dict[str, Any]:
-    """One rank's SB3 log values made global: means over the ranks that logged each key, sums
-    for :data:`SUMMED_LOGS`; non-numeric values are rank 0's."""
+    """One rank's SB3 log values made global: the mean over the ranks that logged each key
+    (step counts and fps are already global, see :func:`count_steps`); non-numeric values are
+    rank 0's."""
     if not enabled():
         return dict(name_to_value)
     numeric = {
@@ -274,7 +283,7 @@ def reduce_logs(name_to_value: dict[str, Any]) -> dict[str, Any]:
     out = dict(name_to_value)
     for key in dict.fromkeys(k for g in gathered for k in g):
         values = [g[key] for g in gathered if key in g]
-        value = sum(values) if key in SUMMED_LOGS else sum(values) / len(values)
+        value = sum(values) / len(values)
         kept = name_to_value.get(key)
         out[key] = int(round(value)) if isinstance(kept, (int, np.integer)) else value
     return out

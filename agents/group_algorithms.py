@@ -322,6 +322,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
             self._mid_round = False
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
+        start = self.num_timesteps
         n_envs = env.num_envs
         log_probs: list[list[float]] = [[] for _ in range(n_envs)]
         finished = np.zeros(n_envs, dtype=bool)
@@ -353,6 +354,7 @@ class GroupRelativePO(OnPolicyAlgorithm):
             callback.update_locals(locals())
             if not callback.on_step():
                 self._mid_round = True
+                self.num_timesteps = distributed.count_steps(start, self.num_timesteps)
                 return False
             self._update_info_buffer(infos, dones)
             for i in range(n_envs):
@@ -378,6 +380,9 @@ class GroupRelativePO(OnPolicyAlgorithm):
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
         rollout_buffer.full = True
+        # Ranks finish their rounds after different numbers of steps (answers end at EOS):
+        # num_timesteps counts every rank's, so learn() and the callbacks agree on all of them.
+        self.num_timesteps = distributed.count_steps(start, self.num_timesteps)
         self.logger.record("rollout/idle_share", idle_steps / max(steps, 1))
         callback.update_locals(locals())
         callback.on_rollout_end()

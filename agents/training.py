@@ -389,31 +389,28 @@ class CheckpointCallback(BaseCallback):
 
 
 class GlobalProgressBar(ProgressBarCallback):
-    """SB3's progress bar counting the steps of every rank (``world_size`` times this rank's)."""
-
-    def __init__(self, world_size: int) -> None:
-        super().__init__()
-        self.world_size = world_size
+    """SB3's progress bar following ``num_timesteps``, which counts the steps of every rank
+    (exact after each rollout; within one it advances by this rank's steps)."""
 
     def _on_training_start(self) -> None:
-        total = self.locals["total_timesteps"] - self.model.num_timesteps
-        self.pbar = tqdm(total=total * self.world_size)
+        self._start = self.model.num_timesteps
+        self.pbar = tqdm(total=self.locals["total_timesteps"] - self._start)
 
     def _on_step(self) -> bool:
-        self.pbar.update(self.training_env.num_envs * self.world_size)
+        self.pbar.update(max(0, self.model.num_timesteps - self._start - self.pbar.n))
         return True
 
 
 class DistributedLogger(Logger):
     """SB3's logger whose every dump first makes the values global over ranks
     (:func:`rlhf_gym.agents.distributed.reduce_logs`): all ranks dump at the same points of the
-    loop; only rank 0 has output formats. Steps are written as global steps."""
+    loop; only rank 0 has output formats."""
 
     def dump(self, step: int = 0) -> None:
         reduced = distributed.reduce_logs(dict(self.name_to_value))
         self.name_to_value.clear()
         self.name_to_value.update(reduced)
-        super().dump(step * distributed.world_size())
+        super().dump(step)
 
 
 class _Run:
@@ -508,8 +505,9 @@ class _Run:
         return DistributedLogger(str(self.out), formats)
 
     def global_steps(self) -> int:
-        """Env steps of all ranks (the ranks step in lockstep, so this rank's times the count)."""
-        return int(self.agent.num_timesteps) * self.dist.world_size
+        """Env steps of all ranks: the algorithms count them all (see
+        :func:`rlhf_gym.agents.distributed.count_steps`)."""
+        return int(self.agent.num_timesteps)
 
     def _rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint's state as this rank saved it (rank 0's at the top level, the other
@@ -662,10 +660,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         CheckpointCallback(run, cfg.checkpoint_every),
     ]
     if cfg.progress_bar and dist_info.is_main:
-        callbacks.append(GlobalProgressBar(dist_info.world_size))
-    # This rank's share of the steps: the ranks step in lockstep, each num_envs per step.
-    per_rank_total = -(-cfg.total_timesteps // dist_info.world_size)
-    remaining = max(0, per_rank_total - int(run.agent.num_timesteps))
+        callbacks.append(GlobalProgressBar())
+    remaining = max(0, cfg.total_timesteps - run.global_steps())  # steps of all ranks
     with _stop_on_ctrl_c(run):
         run.agent.learn(
             remaining,

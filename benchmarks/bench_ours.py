@@ -18,6 +18,9 @@ the reported peak RSS (``ru_maxrss``) belongs to that configuration alone.
   forwards, env steps, the KL reference pass and the rest (SB3 buffer/bookkeeping).
 - ``e2e``: ``PPO.learn`` for warm-up + measured updates; each update is one rollout of
   ``num_envs`` completions plus one epoch with one optimizer step. Reports the median update.
+- under ``torchrun`` (``e2e``/``grpo``, the ``ranks`` section of ``run.py``): every rank runs
+  ``--num-envs`` envs on its shard of the prompts with ``--threads`` threads; rank 0 reports
+  the tokens of all ranks per update.
 - ``grpo``: the same measurement for our GRPO at TRL's configuration: ``num_envs / 4`` prompts x
   4 answers (one round), KL ``beta`` in the loss (k3), one pass, one optimizer step per update;
   every answer runs to ``new_tokens`` (no EOS stop, as TRL's ``min_new_tokens``), so no env idles.
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from common import (
+    NUM_THREADS,
     TASK,
     Stopwatch,
     add_backend_args,
@@ -63,11 +67,17 @@ def model_dir(n_positions: int) -> str:
 
 def _make(args: argparse.Namespace, name: str, group_size: int, **algo_kwargs: Any) -> Any:
     """An agent on the benchmark task; what differs between ours is the name and its options."""
-    from rlhf_gym.agents import make_agent
+    from rlhf_gym.agents import distributed, make_agent
     from rlhf_gym.envs import make_vec_env
 
+    info = distributed.info()  # one rank unless run under torchrun (the ``ranks`` section)
+    shard = {"shard": info.shard} if info.enabled else {}
     venv = make_vec_env(
-        args.num_envs, seed=TASK.seed, group_size=group_size, **env_kwargs(args.new_tokens)
+        args.num_envs,
+        seed=info.env_seed(TASK.seed, args.num_envs),
+        group_size=group_size,
+        **env_kwargs(args.new_tokens),
+        **shard,
     )
     policy_kwargs: dict[str, Any] = {"dtype": args.dtype}
     if args.attn:
@@ -78,7 +88,7 @@ def _make(args: argparse.Namespace, name: str, group_size: int, **algo_kwargs: A
         model=model_dir(args.n_positions),
         lora=TASK.lora_dict(),
         kl_coef=TASK.beta,
-        seed=TASK.seed,
+        seed=info.agent_seed(TASK.seed),
         device=args.device,
         learning_rate=TASK.learning_rate,
         policy_kwargs=policy_kwargs,
@@ -320,6 +330,8 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from rlhf_gym.agents import distributed
+
     class Marks(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
@@ -346,7 +358,8 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode == "e2e":
         watch.wrap(agent.rollout_buffer, "apply_kl_penalty", "kl_reference")
     marks = Marks()
-    tokens = args.num_envs * args.new_tokens
+    world = distributed.world_size()
+    tokens = args.num_envs * args.new_tokens * world  # every rank's (num_envs is per rank)
     n_updates = args.warmup + args.updates
     start = time.perf_counter()
     agent.learn(total_timesteps=n_updates * tokens, callback=marks)
@@ -363,6 +376,8 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "n_epochs": args.n_epochs,
         "num_envs": args.num_envs,
+        "ranks": world,
+        "threads": args.threads,
         "new_tokens": args.new_tokens,
         "n_positions": args.n_positions,
         "updates": len(update_s),
@@ -443,12 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor", action="store_true", help="rollout: also time a plain base model"
     )
+    parser.add_argument(
+        "--threads", type=int, default=NUM_THREADS, help="intra-op threads (per rank)"
+    )
     add_backend_args(parser)
     args = parser.parse_args(argv)
-    set_threads()
+    set_threads(args.threads)
+    from rlhf_gym.agents import distributed
+
+    info = distributed.init()  # e2e/grpo under torchrun: each rank its num_envs, one result
     modes = {"env": bench_env, "rollout": bench_rollout, "e2e": bench_e2e, "grpo": bench_e2e}
     fn = {**modes, "idle": bench_idle}[args.mode]
-    emit({**fn(args), "device": args.device, "dtype": args.dtype})
+    result = fn(args)
+    if info.is_main:
+        emit({**result, "device": args.device, "dtype": args.dtype})
+    distributed.shutdown()
     return 0
 
 

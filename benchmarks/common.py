@@ -139,11 +139,12 @@ def e_fraction(prompts: Sequence[str], completions: Sequence[Any], **kwargs: Any
     return out
 
 
-def set_threads() -> None:
-    """Pin intra-op threads identically for every contestant (call before any work)."""
+def set_threads(n: int = NUM_THREADS) -> None:
+    """Pin intra-op threads identically for every contestant (call before any work); the
+    data-parallel comparison gives each of 2 ranks 1 thread, the same 2 cores in all."""
     import torch
 
-    torch.set_num_threads(NUM_THREADS)
+    torch.set_num_threads(n)
 
 
 def worker_env() -> dict[str, str]:

@@ -30,7 +30,7 @@ from typing import Any
 from common import BENCH_DIR, NUM_THREADS, RESULT_MARKER, TASK, median, task_dict, worker_env
 
 TRL_PYTHON = BENCH_DIR / ".venv-trl" / "bin" / "python"
-SECTIONS = ("env", "rollout", "e2e", "grpo", "trl", "idle", "minibatch", "scaling")
+SECTIONS = ("env", "rollout", "e2e", "grpo", "trl", "idle", "minibatch", "scaling", "ranks")
 #: PPO minibatch sizes compared at 4 epochs (None: the whole rollout as one minibatch).
 MINIBATCHES: tuple[int | None, ...] = (64, 256, None)
 
@@ -120,10 +120,15 @@ QUICK = Plan(
 # ---------------------------------------------------------------------------------- workers
 
 
-def run_worker(python: Path | str, script: str, args: list[str], timeout: float) -> dict[str, Any]:
-    """Run one worker; return its JSON result, or ``{"error": ...}`` with the stderr tail."""
-    cmd = [str(python), str(BENCH_DIR / script), *args]
-    label = " ".join([script, *args])
+def run_worker(
+    python: Path | str, script: str, args: list[str], timeout: float, ranks: int = 1
+) -> dict[str, Any]:
+    """Run one worker (``ranks > 1``: under torchrun, rank 0 reports); return its JSON result,
+    or ``{"error": ...}`` with the stderr tail."""
+    launcher = [] if ranks == 1 else ["-m", "torch.distributed.run", "--standalone",
+                                      f"--nproc-per-node={ranks}"]  # fmt: skip
+    cmd = [str(python), *launcher, str(BENCH_DIR / script), *args]
+    label = " ".join([*(["torchrun", f"x{ranks}"] if ranks > 1 else []), script, *args])
     if label in RESUMED:
         print(f"  reusing {label} (--resume)", file=sys.stderr, flush=True)
         return RESUMED.pop(label)
@@ -154,9 +159,9 @@ def run_worker(python: Path | str, script: str, args: list[str], timeout: float)
     return result
 
 
-def ours(mode: str, *args: str | int, timeout: float = 3600) -> dict[str, Any]:
+def ours(mode: str, *args: str | int, timeout: float = 3600, ranks: int = 1) -> dict[str, Any]:
     argv = [mode, *map(str, args), *BACKEND.args]
-    return run_worker(sys.executable, "bench_ours.py", argv, timeout)
+    return run_worker(sys.executable, "bench_ours.py", argv, timeout, ranks)
 
 
 def trl_available() -> bool:
@@ -243,7 +248,29 @@ def measure(plan: Plan, sections: set[str]) -> dict[str, Any]:
         ]
     if "scaling" in sections:
         res["scaling"] = measure_scaling(plan, res)
+    if "ranks" in sections:
+        res["ranks"] = measure_ranks(plan)
     return res
+
+
+def measure_ranks(plan: Plan) -> list[dict[str, Any]]:
+    """Data parallelism on the same cores: one process with 2 threads and 32 envs against
+    torchrun with 2 ranks of 1 thread and 16 envs each (the same 32 completions per update),
+    PPO and GRPO, alternating so both see the same background load."""
+    w = str(plan.warmup)
+    points: list[dict[str, Any]] = []
+    for mode in ("e2e", "grpo"):
+        pair: dict[str, Any] = {"mode": mode}
+        for _ in range(plan.rounds):
+            common = ("--updates", plan.e2e_updates, "--warmup", w)
+            one = ours(mode, *common, "--num-envs", 32, "--threads", 2)
+            two = ours(mode, *common, "--num-envs", 16, "--threads", 1, ranks=2)
+            pair.setdefault("one", []).append(one)
+            pair.setdefault("two", []).append(two)
+        for key in ("one", "two"):
+            pair[key] = merge_rounds(pair[key], "update_all_s", "tokens_per_update", "update_s")
+        points.append(pair)
+    return points
 
 
 def merge_rounds(
@@ -568,6 +595,22 @@ def tables(
             )  # fmt: skip
         )
 
+    ranks = res.get("ranks")
+    if ranks:
+        rows = []
+        for p in ranks:
+            one, two = p["one"], p["two"]
+            name = "PPO" if p["mode"] == "e2e" else "GRPO"
+            if not (_ok(one) and _ok(two)):
+                rows.append([name, "failed", "", ""])
+                continue
+            rows.append([f"{name}, 32 completions x {one['new_tokens']} tokens per update",
+                         _fmt(one["tokens_per_s"]), _fmt(two["tokens_per_s"]),
+                         _fmt(two["tokens_per_s"] / one["tokens_per_s"], "{:.2f}x")])  # fmt: skip
+        out.append(("g. Data parallelism on the same 2 cores (torchrun, gloo)",
+                    ["", "1 process x 2 threads tok/s", "2 ranks x 1 thread tok/s",
+                     "2 ranks / 1 process"], rows))  # fmt: skip
+
     rows = [
         [t["target"], t["shown"], {True: "met", False: "NOT met", None: "not measured"}[t["met"]]]
         for t in summary["targets"]
@@ -645,6 +688,8 @@ def _results(res: dict[str, Any]) -> list[dict[str, Any]]:
     found = [v for v in res.values() if isinstance(v, dict)]
     for point in res.get("scaling", []):
         found += [v for v in (point["rollout"], point["e2e"]) if isinstance(v, dict)]
+    for point in res.get("ranks", []):
+        found += [point["one"], point["two"]]
     return found
 
 

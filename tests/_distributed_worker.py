@@ -24,7 +24,7 @@ from stable_baselines3.common.logger import Logger
 from rlhf_gym.agents import distributed, make_agent
 from rlhf_gym.envs import make_vec_env
 
-PROMPTS = [f"the movie number {i} was" for i in range(16)]
+PROMPTS = [f"movie {i} was" for i in range(16)]
 N_ENVS = 2  # per rank
 N_STEPS = 8  # per env, PPO/A2C
 GROUP = 2
@@ -34,7 +34,7 @@ SEED = 3
 def settings(algo: str, n_envs: int) -> dict[str, Any]:
     """Options that make one update a single minibatch per epoch (whatever the envs)."""
     common: dict[str, Any] = {"kl_coef": 0.1, "kl_target": 0.01, "learning_rate": 1e-3}
-    if algo == "ppo":
+    if algo in ("ppo", "maskable_ppo"):
         return {**common, "n_steps": N_STEPS, "batch_size": 10_000, "n_epochs": 2}
     if algo == "a2c":
         return {**common, "n_steps": N_STEPS, "normalize_advantage": True}
@@ -92,6 +92,8 @@ def _capture(agent: Any, path: Path) -> None:
                 "attention_mask": buffer.observations["attention_mask"].tolist(),
                 **{k: getattr(buffer, k).tolist() for k in
                    ("actions", "rewards", "episode_starts", "values", "log_probs")},
+                **({"action_masks": buffer.action_masks.tolist()}
+                   if hasattr(buffer, "action_masks") else {}),
                 "last_values": last_values.flatten().tolist(),
                 "dones": np.asarray(dones).tolist(),
             }  # fmt: skip
@@ -121,7 +123,7 @@ def record(out: Path, model_dir: str, algos: list[str]) -> None:
         agent = build(algo, model_dir, N_ENVS, info.shard, info.env_seed(SEED, N_ENVS))
         agent.set_random_seed(info.agent_seed(SEED))
         _capture(agent, out / f"{algo}.rank{info.rank}.json")
-        steps = N_STEPS * N_ENVS if algo in ("ppo", "a2c") else N_ENVS
+        steps = N_STEPS * N_ENVS if algo in ("ppo", "maskable_ppo", "a2c") else N_ENVS
         agent.learn(steps)
         save_file(trainable(agent), str(out / f"{algo}.rank{info.rank}.safetensors"))
         (out / f"{algo}.rank{info.rank}.kl").write_text(str(agent.kl_controller.value))
@@ -133,11 +135,12 @@ def replay(algo: str, model_dir: str, records: list[Any]) -> tuple[dict[str, tor
     agent = build(algo, model_dir, N_ENVS * len(records), None, SEED)
     agent.set_logger(Logger(None, []))
     buffer = agent.rollout_buffer
-    if algo in ("ppo", "a2c"):
+    if algo in ("ppo", "maskable_ppo", "a2c"):
         buffer.reset()
         for key in ("input_ids", "attention_mask"):
             buffer.observations[key] = np.concatenate([np.asarray(r[key]) for r in records], 1)
-        for key in ("actions", "rewards", "episode_starts", "values", "log_probs"):
+        keys = ["actions", "rewards", "episode_starts", "values", "log_probs"]
+        for key in keys + (["action_masks"] if "action_masks" in records[0] else []):
             dtype = getattr(buffer, key).dtype
             setattr(buffer, key, np.concatenate([np.asarray(r[key]) for r in records], 1).astype(dtype))  # fmt: skip
         buffer.full, buffer.pos = True, buffer.buffer_size

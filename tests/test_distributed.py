@@ -2,13 +2,14 @@
 
 Equivalence: an update on 2 ranks x n envs gives the trainable weights of ONE process with 2n
 envs holding both ranks' rollouts (replayed from what the ranks recorded, so the prompts and
-sampled tokens are the same), for PPO, A2C, GRPO and REINFORCE++, within ``ATOL``.
+sampled tokens are the same), for PPO, MaskablePPO, A2C, GRPO and REINFORCE++, within ``ATOL``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,9 +24,9 @@ from rlhf_gym.agents import distributed
 from tests import _distributed_worker as worker
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Float sums in another order (per rank, then across ranks) move weights by ~1e-7; a wrong
+#: Float sums in another order (per rank, then across ranks) move weights by ~1e-8; a wrong
 #: normalisation or a missing average moves them by ~lr (1e-3).
-ATOL = 2e-5
+ATOL = 1e-6
 pytestmark = pytest.mark.slow
 
 
@@ -33,25 +34,27 @@ def _env() -> dict[str, str]:
     return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+def torchrun(
+    *args: str, nproc: int = 2, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node nproc ARGS`` from the repository root."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", *args]  # fmt: skip
     return subprocess.run(
-        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, **kw
+        cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True, timeout=timeout
     )
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, tiny_lm_dir) -> Path:
     out = tmp_path_factory.mktemp("dp")
-    algos = ["ppo", "a2c", "grpo", "reinforce_pp"]
+    algos = ["ppo", "maskable_ppo", "a2c", "grpo", "reinforce_pp"]
     done = torchrun("-m", "tests._distributed_worker", "record", str(out), str(tiny_lm_dir), *algos)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
 
-@pytest.mark.parametrize("algo", ["ppo", "a2c", "grpo", "reinforce_pp"])
+@pytest.mark.parametrize("algo", ["ppo", "maskable_ppo", "a2c", "grpo", "reinforce_pp"])
 def test_two_ranks_equal_one_process_with_both_rollouts(recorded, tiny_lm_dir, algo):
     ranks = [load_file(str(recorded / f"{algo}.rank{r}.safetensors")) for r in range(2)]
     for name in ranks[0]:  # the ranks stay identical: averaged gradients, one optimizer state
@@ -64,7 +67,7 @@ def test_two_ranks_equal_one_process_with_both_rollouts(recorded, tiny_lm_dir, a
         for n, p in base.policy.named_parameters()
         if p.requires_grad
     )
-    assert moved > 50 * ATOL, "the update did not move the weights: nothing was compared"
+    assert moved > 100 * ATOL, "the update did not move the weights: nothing was compared"
     worst = max(float((weights[n] - ranks[0][n]).abs().max()) for n in weights)
     assert worst < ATOL, f"{algo}: 2 ranks differ from one process by {worst:.2e}"
     # The adaptive KL controller measured the KL of both ranks' rollouts, not its own.
@@ -98,27 +101,28 @@ def cli_task(tmp_path, tiny_lm_dir) -> list[str]:
     lines = [json.dumps({"prompt": f"the movie number {i} was"}) for i in range(20)]
     prompts.write_text("\n".join(lines))
     return [
-        "--model", str(tiny_lm_dir), "--prompts", str(prompts), "--reward", '{"keyword": {"weight": 1.0, "keywords": ["e"]}}',
+        "--model", str(tiny_lm_dir), "--prompts", str(prompts), "--reward", '{"regex": {"pattern": "[a-z]", "mode": "count"}}',
         "--max-prompt-tokens", "8", "--max-new-tokens", "6", "--num-envs", "2", "--eval-episodes", "4",
         "--eval-fraction", "0.2", "--no-progress-bar", "--algo", "grpo", "--group-size", "2",
     ]  # fmt: skip
 
 
 def _train(*args: str, nproc: int = 2, **kw) -> subprocess.CompletedProcess:
-    return torchrun("--no-python", "rlhf-gym", "train", *args, nproc=nproc, **kw)
+    return torchrun("-m", "rlhf_gym.agents.cli", "train", *args, nproc=nproc, **kw)
 
 
 def test_killed_two_rank_run_resumes_bit_for_bit(tmp_path, cli_task):
     """SIGKILL a 2-rank run between checkpoints; --resume on 2 ranks ends with the adapter, the
     eval rows and the rollout rewards of the run that was never interrupted."""
-    common = [*cli_task, "--total-timesteps", "160", "--checkpoint-every", "16",
-              "--eval-every", "64"]  # fmt: skip
+    common = [*cli_task, "--total-timesteps", "800", "--checkpoint-every", "16",
+              "--eval-every", "128"]  # fmt: skip
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = _train(*common, "--output-dir", str(whole))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "160 steps" in done.stdout  # global steps, reported once (rank 0)
+    reports = re.findall(r"(\d+) steps in", done.stdout)  # rank 0 alone reports
+    assert len(reports) == 1 and 800 <= int(reports[0]) < 850  # the steps of both ranks
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "--no-python", "rlhf-gym", "train", *common, "--output-dir", str(killed)]  # fmt: skip
+           "-m", "rlhf_gym.agents.cli", "train", *common, "--output-dir", str(killed)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     pointer = killed / "checkpoints" / "latest"
@@ -128,13 +132,13 @@ def test_killed_two_rank_run_resumes_bit_for_bit(tmp_path, cli_task):
             state = killed / "checkpoints" / pointer.read_text().strip() / "state.json"
             if state.exists():
                 saved = json.loads(state.read_text())
-                step = saved["num_timesteps"] * saved["world_size"]
+                step = saved["num_timesteps"]  # the steps of both ranks
                 if step >= 48:
                     break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 48 <= step < 160, "killed too late: the run had finished"
+    assert 48 <= step < 800, "killed too late: the run had finished"
     assert len(saved["other_ranks"]) == 1  # rank 1's envs and RNGs are in the checkpoint
     resumed = _train(*common, "--output-dir", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -177,12 +181,14 @@ def test_a_failing_rank_ends_every_rank_with_its_error(tmp_path, cli_task):
     args = [*cli_task[:at], "--reward", "flaky:reward", *cli_task[at + 2 :]]
     start = time.time()
     env = dict(_env(), PYTHONPATH=str(tmp_path), RLHF_GYM_DIST_TIMEOUT="120")
-    done = torchrun("--no-python", "rlhf-gym", "train", *args, "--total-timesteps", "4000",
+    done = torchrun("-m", "rlhf_gym.agents.cli", "train", *args, "--total-timesteps", "4000",
                     "--output-dir", str(tmp_path / "run"), env=env)  # fmt: skip
     took = time.time() - start
-    out = done.stdout + done.stderr
+    out = " ".join((done.stdout + done.stderr).split())
     assert done.returncode != 0
-    assert "flaky reward failed on purpose" in out
+    assert (
+        "[rank 1] Reward plugin 'reward' raised RuntimeError: flaky reward failed on purpose" in out
+    )
     assert took < 110, f"the other rank hung for {took:.0f} s"
 
 
