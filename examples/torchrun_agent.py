@@ -30,7 +30,7 @@ env = make_vec_env(
     **groups.get(args.algo, {}),
 )
 agent = make_agent(args.algo, env, model=default_task.policy_path(), seed=info.agent_seed(0))
-agent.learn(args.steps // info.world_size)  # each rank's share of the steps
+agent.learn(args.steps)  # num_timesteps counts the steps of all ranks
 
 if info.is_main:
     eval_env = TextGenerationEnv(split="eval")

@@ -34,8 +34,11 @@ SEED = 3
 def settings(algo: str, n_envs: int) -> dict[str, Any]:
     """Options that make one update a single minibatch per epoch (whatever the envs)."""
     common: dict[str, Any] = {"kl_coef": 0.1, "kl_target": 0.01, "learning_rate": 1e-3}
-    if algo in ("ppo", "maskable_ppo"):
+    if algo == "ppo":
         return {**common, "n_steps": N_STEPS, "batch_size": 10_000, "n_epochs": 2}
+    if algo == "maskable_ppo":  # the global target_kl stop: all ranks stop after one epoch
+        return {**common, "n_steps": N_STEPS, "batch_size": 10_000, "n_epochs": 3,
+                "target_kl": 1e-9}  # fmt: skip
     if algo == "a2c":
         return {**common, "n_steps": N_STEPS, "normalize_advantage": True}
     if algo == "grpo":

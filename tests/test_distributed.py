@@ -74,6 +74,8 @@ def test_two_ranks_equal_one_process_with_both_rollouts(recorded, tiny_lm_dir, a
     rank_kl = float((recorded / f"{algo}.rank0.kl").read_text())
     assert rank_kl == pytest.approx(kl_coef, rel=1e-5)
     assert kl_coef != worker.settings(algo, 2)["kl_coef"]
+    if algo == "maskable_ppo":  # stopped by target_kl after its first step, on every rank
+        assert moved < 1.5e-3
 
 
 def test_ranks_answer_disjoint_prompts(recorded):
