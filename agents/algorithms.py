@@ -25,6 +25,7 @@ algorithms that handle the KL term themselves).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
@@ -46,7 +47,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from transformers import PreTrainedModel
 
 from rlhf_gym.agents import distributed
-from rlhf_gym.agents.data_parallel import actor_critic_update
+from rlhf_gym.agents.data_parallel import ActorCriticDataParallel
 from rlhf_gym.agents.group_algorithms import (
     GRPO,
     RLOO,
@@ -59,6 +60,7 @@ from rlhf_gym.agents.kl import (
     KLShapingMixin,
     make_kl_controller,
 )
+from rlhf_gym.agents.loop_state import ResumableLoop
 from rlhf_gym.agents.lora import lora_config_to_dict
 from rlhf_gym.agents.policy import (
     LoRAPolicy,
@@ -66,12 +68,12 @@ from rlhf_gym.agents.policy import (
     _LoRACore,
     record_model_by_path,
 )
-from rlhf_gym.agents.saving import is_agent_dir, load_agent_dir
+from rlhf_gym.agents.saving import is_agent_dir, read_agent_record, restore_agent_state
 
 A = TypeVar("A", bound=type)
 
 
-class KLControlMixin:
+class KLControlMixin(ResumableLoop):
     """Adds KL control to an on-policy stable-baselines3 algorithm through its rollout buffer.
 
     :param kl_coef: initial (or fixed) KL coefficient beta; 0 turns the penalty off.
@@ -167,11 +169,8 @@ class KLControlMixin:
                 and bool(np.all(starts))
             )
 
-        policy.bootstrap_unused = bootstrap_unused
-        try:
+        with policy.skipping_unused_bootstrap(bootstrap_unused):
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps, *args)  # type: ignore[misc]
-        finally:
-            policy.bootstrap_unused = None
 
     #: Why the class cannot train on several ranks (shown when it is asked to).
     _data_parallel_refusal = "it has no data-parallel update (train_data_parallel)."
@@ -186,21 +185,16 @@ class KLControlMixin:
         raise NotImplementedError
 
     def train(self) -> None:
-        # The full-vocabulary entropy costs a [batch, vocab] softmax and its backward; with
-        # ent_coef == 0 (TRPO has none) it is multiplied by zero, so the policy skips it while
-        # training and SB3 logs its sample estimate -mean(log_prob) as train/entropy_loss.
+        # With ent_coef == 0 (TRPO has none) the entropy is multiplied by zero: the LoRA policy
+        # skips computing it (see _LoRACore.entropy_in_training).
         policy = self.policy
-        previous = getattr(policy, "compute_entropy", None)
-        if previous is not None:
-            policy.compute_entropy = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
-        try:
+        wanted = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
+        entropy = policy.entropy_in_training(wanted) if isinstance(policy, _LoRACore) else None
+        with entropy or contextlib.nullcontext():
             if distributed.enabled():
                 self.train_data_parallel()
             else:
                 super().train()  # type: ignore[misc]
-        finally:
-            if previous is not None:
-                policy.compute_entropy = previous
         check_finite_losses(self)
 
 
@@ -225,18 +219,16 @@ def check_finite_losses(algorithm: Any) -> None:
         )
 
 
-class PPO(KLControlMixin, sb3.PPO):
-    """stable-baselines3 PPO with KL control (see :class:`KLControlMixin`)."""
-
-    def train_data_parallel(self) -> None:
-        actor_critic_update(self)
+class PPO(ActorCriticDataParallel, KLControlMixin, sb3.PPO):
+    """stable-baselines3 PPO with KL control (see :class:`KLControlMixin`) and a data-parallel
+    update (:mod:`rlhf_gym.agents.data_parallel`)."""
 
 
-class A2C(KLControlMixin, sb3.A2C):
-    """stable-baselines3 A2C with KL control (see :class:`KLControlMixin`)."""
+class A2C(ActorCriticDataParallel, KLControlMixin, sb3.A2C):
+    """stable-baselines3 A2C with KL control (see :class:`KLControlMixin`) and a data-parallel
+    update (:mod:`rlhf_gym.agents.data_parallel`)."""
 
-    def train_data_parallel(self) -> None:
-        actor_critic_update(self, a2c=True)
+    _a2c_update = True
 
 
 class TRPO(KLControlMixin, _SB3TRPO):
@@ -260,11 +252,8 @@ class TRPO(KLControlMixin, _SB3TRPO):
         super().__init__(policy, *args, **kwargs)
 
 
-class MaskablePPO(KLControlMixin, _SB3MaskablePPO):
+class MaskablePPO(ActorCriticDataParallel, KLControlMixin, _SB3MaskablePPO):
     """sb3-contrib MaskablePPO with KL control; the env must offer ``action_masks()``."""
-
-    def train_data_parallel(self) -> None:
-        actor_critic_update(self)
 
 
 @dataclass(frozen=True)
@@ -430,12 +419,28 @@ def load_agent(
 
     ``model`` is required when the agent was built from an in-memory model (its zip records
     ``model=None``) and may also point a saved agent at a moved base checkpoint. ``algorithm``
-    defaults to the one the zip's attributes identify (SB3 zips do not name their class).
+    defaults to the registry name ``make_agent`` recorded with the agent (in the directory's
+    ``agent.json``, or as ``rlhf_gym_spec`` in a zip); only a zip of an agent built without
+    ``make_agent`` falls back to telling the class from its saved attributes.
     """
     if is_agent_dir(path):
         if env is None:
             raise ValueError(f"load_agent({str(path)!r}): an agent directory needs env=...")
-        return load_agent_dir(path, env, model=model, device=device)
+        record = read_agent_record(path)
+        agent = make_agent(
+            record["algorithm"],  # the registry name the agent was built with
+            env,
+            model=model if model is not None else record["model"],
+            lora=record["lora"],
+            kl_coef=record["kl_coef"],
+            kl_target=record["kl_target"],
+            kl_horizon=record["kl_horizon"],
+            seed=record["seed"],
+            device=device,
+            policy_kwargs=record["policy_kwargs"],
+            **record["algo_kwargs"],
+        )
+        return restore_agent_state(agent, path, record)
     if not trust_pickle:
         raise ValueError(
             f"{str(path)!r} is a stable-baselines3 zip: it holds a pickle, which runs code when "
@@ -444,8 +449,11 @@ def load_agent(
         )
     data, _, _ = load_from_zip_file(path, device=device, load_data=True)
     assert data is not None
-    if algorithm is None:
-        cls: type[BaseAlgorithm] = _class_from_data(data)
+    recorded = (data.get("rlhf_gym_spec") or {}).get("algorithm")
+    if algorithm is None and recorded in _REGISTRY:
+        cls: type[BaseAlgorithm] = get_algorithm(recorded).cls  # the name make_agent recorded
+    elif algorithm is None:
+        cls = _class_from_data(data)  # a zip of an agent not built by make_agent
     elif isinstance(algorithm, str):
         cls = get_algorithm(algorithm).cls
     else:

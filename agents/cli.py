@@ -14,95 +14,27 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from rlhf_gym.agents.config import add_dataclass_arguments, build_config
+from rlhf_gym.agents.config import (
+    EvaluateConfig,
+    GenerateConfig,
+    TrainConfig,
+    TrainRMConfig,
+    add_dataclass_arguments,
+    build_config,
+    env_arguments,
+    is_default_task,
+)
 
 console = Console()
 
 
-@dataclass
-class EvaluateConfig:
-    """Options of ``rlhf-gym evaluate``: held-out evaluation of base and adapter side by side."""
-
-    adapter: str | None = field(
-        default=None,
-        metadata={"help": "adapter directory (a run's adapter/); omit to evaluate the base only"},
-    )
-    model: str | None = field(
-        default=None,
-        metadata={
-            "help": "base causal LM path or hub id; default: the adapter's base or the default policy"
-        },
-    )
-    prompts: str | None = field(
-        default=None,
-        metadata={"help": "held-out prompt file; default: the default task's eval prompts"},
-    )
-    reward: Any = field(
-        default=None, metadata={"help": "reward spec; default: the default task's reward model"}
-    )
-    max_prompt_tokens: int | None = field(
-        default=None, metadata={"help": "longest prompt in tokens"}
-    )
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "longest response in tokens"}
-    )
-    episodes: int = field(default=128, metadata={"help": "held-out prompts to sample"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    output: str | None = field(default=None, metadata={"help": "write the report as JSON here"})
-
-
-@dataclass
-class GenerateConfig:
-    """Options of ``rlhf-gym generate``: sample completions from a (adapted) model."""
-
-    prompt: list[str] | None = field(
-        default=None, metadata={"help": "prompt text(s); default: a few held-out prompts"}
-    )
-    adapter: str | None = field(default=None, metadata={"help": "adapter directory"})
-    model: str | None = field(
-        default=None,
-        metadata={"help": "base causal LM; default: the adapter's base or the default policy"},
-    )
-    max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate"})
-    chat_template: bool | None = field(
-        default=None,
-        metadata={
-            "help": "render --prompt as a user turn with the tokenizer's chat template "
-            "(unset: when the tokenizer has one)"
-        },
-    )
-    num: int = field(default=4, metadata={"help": "completions when no --prompt is given"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-
-
-@dataclass
-class TrainRMConfig:
-    """Options of ``rlhf-gym train-rm``: a reward model from preference pairs (Bradley-Terry)."""
-
-    pairs: str = field(default="", metadata={"help": "JSONL of {prompt, chosen, rejected}"})
-    model: str = field(
-        default="", metadata={"help": "sequence-classification (or causal LM) path to start from"}
-    )
-    output_dir: str = field(
-        default="runs/reward_model", metadata={"help": "where to save the reward model"}
-    )
-    epochs: int = field(default=2, metadata={"help": "passes over the pairs"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "learning rate"})
-    batch_size: int = field(default=16, metadata={"help": "pairs per batch"})
-    eval_fraction: float = field(default=0.1, metadata={"help": "pairs held out for accuracy"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-
-
 def _parser() -> argparse.ArgumentParser:
-    from rlhf_gym.agents.training import TrainConfig
-
     parser = argparse.ArgumentParser(
         prog="rlhf-gym",
         description="RL fine-tuning of language models with LoRA agents (stable-baselines3) on a Gymnasium env.",
@@ -132,11 +64,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    if args.command in ("train", "evaluate", "generate", "train-rm"):  # the model commands
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the run's own
-    # Raised inside peft/transformers on every adapter load; nothing a user of this CLI can act on.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        hf_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown ours
+        # Raised inside peft/transformers on every adapter load; nothing a user can act on.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     try:
         return _dispatch(args)
     except Exception as err:
@@ -212,7 +145,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             (["--out", args.out] if args.out else []) + (["--quick"] if args.quick else [])
         )
     if args.command == "train":
-        from rlhf_gym.agents.training import TrainConfig, train
+        from rlhf_gym.agents.training import train
 
         cfg = build_config(TrainConfig, args, args.config)
         result = train(cfg)
@@ -335,16 +268,14 @@ def _evaluate(cfg: EvaluateConfig) -> int:
     check_model_path(cfg.model, "--model")
     check_model_path(cfg.adapter, "--adapter")
     lm, base = _load_policy_model(cfg.adapter, cfg.model)
-    env_kwargs: dict[str, Any] = {"split": "eval" if cfg.prompts is None else "all"}
-    for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens"):
-        if getattr(cfg, key) is not None:
-            env_kwargs[key] = getattr(cfg, key)
-    if cfg.model is not None or cfg.adapter is not None:
-        env_kwargs["tokenizer"] = base
-    env = TextGenerationEnv(**env_kwargs)
+    explicit = cfg.model is not None or cfg.adapter is not None
+    env = TextGenerationEnv(
+        **env_arguments(cfg, tokenizer=base if explicit else None),
+        split="eval" if cfg.prompts is None else "all",
+    )
     metrics: dict[str, Any] = {}
     threshold = 0.0
-    default = cfg.reward is None and cfg.prompts is None
+    default = is_default_task(cfg)
     if default:
         from rlhf_gym.envs import default_task
 

@@ -1,5 +1,10 @@
 """Typed run configuration: one dataclass per command, turned into CLI flags and YAML keys.
 
+Every command's config lives here (:class:`TrainConfig`, :class:`EvaluateConfig`,
+:class:`GenerateConfig`, :class:`TrainRMConfig`), with the env section ``train`` and
+``evaluate`` share (:class:`EnvSection`, :func:`env_arguments`). The module imports no torch,
+so building the CLI (and ``rlhf-gym rewards``) stays light.
+
 As in CleanRL, a run is described by one dataclass whose fields carry their own help text
 (``field(metadata={"help": ...})``). The CLI is generated from it, a YAML file may set any field,
 and flags given on the command line win over the file. Unknown YAML keys are an error that names
@@ -15,6 +20,7 @@ import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -120,3 +126,236 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     if origin is typing.Literal:
         return type(typing.get_args(tp)[0]), False
     return tp, False
+
+
+# ------------------------------------------------------------------------------ commands
+@dataclass
+class EnvSection:
+    """The env a command runs on, shared by ``train`` and ``evaluate`` (one set of flags and YAML
+    keys, one builder of env arguments: :func:`env_arguments`). Unset fields: the embedded
+    default task's."""
+
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "causal LM path or hub id; default: the embedded default policy (evaluate: "
+            "the adapter's base)"
+        },
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer path or hub id; default: the model's"}
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "prompt file; default: the default task's (evaluate: its held-out prompts)"
+        },
+    )
+    reward: Any = field(
+        default=None,
+        metadata={
+            "help": "reward spec: a name, module:attr, or JSON mix; default: the default task's reward model"
+        },
+    )
+    max_prompt_tokens: int | None = field(
+        default=None, metadata={"help": "longest prompt in tokens (left-truncated)"}
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "longest response in tokens"}
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "system turn put first in every chat-templated prompt that has none"},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "allow custom model code from the model directory"}
+    )
+    reward_bound: float | None = field(
+        default=1e4,
+        metadata={"help": "a reward beyond +-this stops the run (null in YAML: no check)"},
+    )
+    reward_clip: bool = field(
+        default=False, metadata={"help": "clip rewards to +-reward_bound instead of stopping"}
+    )
+    trust_reward_factories: bool = field(
+        default=False,
+        metadata={
+            "help": "let a module:attr reward in --reward or the config name any callable, called "
+            "with the spec's parameters (off: reward functions and Reward subclasses only)"
+        },
+    )
+
+
+def env_arguments(cfg: EnvSection, *, tokenizer: str | None = None) -> dict[str, Any]:
+    """``TextGenerationEnv`` keyword arguments from a command's env section; unset fields are
+    left out so the env's defaults (the default task's) apply. ``tokenizer`` overrides the
+    section's (``evaluate`` uses the adapter's base model)."""
+    kwargs: dict[str, Any] = {
+        "trust_remote_code": cfg.trust_remote_code,
+        "trust_reward_factories": cfg.trust_reward_factories,
+        "reward_bound": cfg.reward_bound,
+        "reward_clip": cfg.reward_clip,
+    }
+    source = tokenizer or cfg.tokenizer or cfg.model
+    if source is not None:
+        kwargs["tokenizer"] = source
+    for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens", "system_prompt"):
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
+    return kwargs
+
+
+def is_default_task(cfg: EnvSection) -> bool:
+    """Whether a command runs the embedded default task (its prompts and reward model), the only
+    task whose checks, thresholds and independent metrics mean anything."""
+    return cfg.reward is None and cfg.prompts is None
+
+
+@dataclass
+class TrainConfig(EnvSection):
+    """Everything ``rlhf-gym train`` needs; each field is a ``--flag`` and a YAML key."""
+
+    algo: str = field(
+        default="ppo", metadata={"help": "RL algorithm by name (see `rlhf-gym algos`)"}
+    )
+    eval_prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out prompt file; default: the default task's, else eval_fraction of prompts"
+        },
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "share of prompts held out when no eval_prompts file is given"},
+    )
+    total_timesteps: int = field(
+        default=16384, metadata={"help": "environment steps (tokens generated) to train for"}
+    )
+    num_envs: int = field(default=32, metadata={"help": "episodes generated in parallel"})
+    group_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "answers per prompt (envs per group, in rounds); unset: 4 for grpo and rloo, "
+            "1 in rounds for reinforce_pp, 1 (no rounds) for the SB3 algorithms"
+        },
+    )
+    n_steps: int | None = field(
+        default=None,
+        metadata={"help": "rollout steps per env per update (unset: the algorithm's LM default)"},
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "minibatch size (unset: the algorithm's LM default)"}
+    )
+    n_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "passes over each rollout (num_iterations of the group algorithms; unset: "
+            "the algorithm's default)"
+        },
+    )
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "optimizer learning rate (unset: the algorithm's default)"}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "modules to adapt; default: peft's choice for the architecture"},
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the base weights: float32, bfloat16 or float16 (unset: the "
+            "checkpoint's); LoRA weights and the value head stay float32"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in backward (less memory for long answers)"},
+    )
+    logit_memory_mb: float = field(
+        default=256.0,
+        metadata={"help": "budget (MiB) of one [tokens, vocab] block in training and KL passes"},
+    )
+    kl_coef: float = field(
+        default=0.5,
+        metadata={
+            "help": "KL penalty beta (initial value when adaptive); 0.5 keeps the default task "
+            "fluent on every seed tried"
+        },
+    )
+    kl_target: float | None = field(
+        default=None, metadata={"help": "target KL per episode; enables the adaptive controller"}
+    )
+    kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL horizon in steps"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
+    output_dir: str = field(default="runs/default", metadata={"help": "run directory"})
+    eval_every: int = field(
+        default=4096,
+        metadata={"help": "evaluate on held-out prompts every N steps (0: only before and after)"},
+    )
+    eval_episodes: int = field(default=128, metadata={"help": "held-out prompts per evaluation"})
+    checkpoint_every: int = field(default=4096, metadata={"help": "checkpoint every N steps"})
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the last checkpoint in output_dir"}
+    )
+    progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
+    num_samples: int = field(
+        default=4, metadata={"help": "sample generations shown before and after"}
+    )
+
+
+@dataclass
+class EvaluateConfig(EnvSection):
+    """Options of ``rlhf-gym evaluate``: held-out evaluation of base and adapter side by side."""
+
+    adapter: str | None = field(
+        default=None,
+        metadata={"help": "adapter directory (a run's adapter/); omit to evaluate the base only"},
+    )
+    episodes: int = field(default=128, metadata={"help": "held-out prompts to sample"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    output: str | None = field(default=None, metadata={"help": "write the report as JSON here"})
+
+
+@dataclass
+class GenerateConfig:
+    """Options of ``rlhf-gym generate``: sample completions from a (adapted) model."""
+
+    prompt: list[str] | None = field(
+        default=None, metadata={"help": "prompt text(s); default: a few held-out prompts"}
+    )
+    adapter: str | None = field(default=None, metadata={"help": "adapter directory"})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "base causal LM; default: the adapter's base or the default policy"},
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate"})
+    chat_template: bool | None = field(
+        default=None,
+        metadata={
+            "help": "render --prompt as a user turn with the tokenizer's chat template "
+            "(unset: when the tokenizer has one)"
+        },
+    )
+    num: int = field(default=4, metadata={"help": "completions when no --prompt is given"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+@dataclass
+class TrainRMConfig:
+    """Options of ``rlhf-gym train-rm``: a reward model from preference pairs (Bradley-Terry)."""
+
+    pairs: str = field(default="", metadata={"help": "JSONL of {prompt, chosen, rejected}"})
+    model: str = field(
+        default="", metadata={"help": "sequence-classification (or causal LM) path to start from"}
+    )
+    output_dir: str = field(
+        default="runs/reward_model", metadata={"help": "where to save the reward model"}
+    )
+    epochs: int = field(default=2, metadata={"help": "passes over the pairs"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per batch"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "pairs held out for accuracy"})
+    seed: int = field(default=0, metadata={"help": "random seed"})

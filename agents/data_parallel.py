@@ -3,7 +3,7 @@
 One process runs stable-baselines3's own ``train()``. With more ranks that loop would average
 nothing and decide alone: its losses are means over the local minibatch, its advantage
 normalisation and its ``target_kl`` early stop see local numbers, and it clips the local
-gradient. :func:`actor_critic_update` is the same update written for ranks
+gradient. :meth:`ActorCriticDataParallel.train_data_parallel` is the same update written for ranks
 (:mod:`rlhf_gym.agents.distributed`):
 
 - each rank's loss is its *sum* over its minibatch divided by the global minibatch size (times
@@ -32,123 +32,144 @@ from gymnasium import spaces
 from rlhf_gym.agents import distributed
 
 
-def actor_critic_update(algo: Any, *, a2c: bool = False) -> None:
-    """One update of PPO (clipped surrogate, epochs of minibatches) or, with ``a2c=True``, of A2C
-    (one step on the whole rollout, plain policy gradient), across ranks (module docstring)."""
-    policy = algo.policy
-    policy.set_training_mode(True)
-    algo._update_learning_rate(policy.optimizer)
-    world = distributed.world_size()
-    clip_range = None if a2c else float(algo.clip_range(algo._current_progress_remaining))
-    clip_range_vf = None
-    if not a2c and algo.clip_range_vf is not None:
-        clip_range_vf = float(algo.clip_range_vf(algo._current_progress_remaining))
-    n_epochs = 1 if a2c else int(algo.n_epochs)
-    batch_size = None if a2c else algo.batch_size
-    # Global sums of [samples, policy loss, value loss, entropy loss, clipped] for the logs.
-    log_sums = np.zeros(5)
-    approx_kls: list[float] = []
-    stopped = False
-    for epoch in range(n_epochs):
-        for data in algo.rollout_buffer.get(batch_size):
-            actions = data.actions
-            if isinstance(algo.action_space, spaces.Discrete):
-                actions = actions.long().flatten()
-            masks = getattr(data, "action_masks", None)
-            extra = {} if masks is None else {"action_masks": masks}
-            values, log_prob, entropy = policy.evaluate_actions(data.observations, actions, **extra)
-            values = values.flatten()  # [b]
-            advantages = data.advantages  # [b]
-            with torch.no_grad():
-                log_ratio = log_prob - data.old_log_prob
-                kl_sum = float(((torch.exp(log_ratio) - 1) - log_ratio).sum())
-            n, adv_sum, adv_sq, kl_total = distributed.all_reduce(
-                [len(advantages), float(advantages.sum()), float((advantages**2).sum()), kl_sum]
-            )
-            if algo.normalize_advantage and n > 1:
-                mean = adv_sum / n
-                std = max((adv_sq - n * mean * mean) / (n - 1), 0.0) ** 0.5
-                advantages = (advantages - mean) / (std + 1e-8)
-            approx_kl = kl_total / n
-            approx_kls.append(approx_kl)
-            if not a2c and algo.target_kl is not None and approx_kl > 1.5 * algo.target_kl:
-                stopped = True
-                if algo.verbose >= 1:
-                    print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl:.2f}")
+class ActorCriticDataParallel:
+    """Mixin of PPO, MaskablePPO and A2C (``_a2c_update = True``): their update across ranks."""
+
+    _a2c_update = False
+    # The SB3 on-policy algorithm this is mixed into provides these.
+    policy: Any
+    rollout_buffer: Any
+    action_space: Any
+    logger: Any
+    _n_updates: int
+
+    def train_data_parallel(self) -> None:
+        """One update of PPO (clipped surrogate, epochs of minibatches) or of A2C (one step on
+        the whole rollout, plain policy gradient), across ranks (module docstring)."""
+        self._actor_critic_update(a2c=self._a2c_update)
+
+    def _actor_critic_update(self, *, a2c: bool) -> None:
+        policy = self.policy
+        policy.set_training_mode(True)
+        self._update_learning_rate(policy.optimizer)
+        world = distributed.world_size()
+        clip_range = None if a2c else float(self.clip_range(self._current_progress_remaining))
+        clip_range_vf = None
+        if not a2c and self.clip_range_vf is not None:
+            clip_range_vf = float(self.clip_range_vf(self._current_progress_remaining))
+        n_epochs = 1 if a2c else int(self.n_epochs)
+        batch_size = None if a2c else self.batch_size
+        # Global sums of [samples, policy loss, value loss, entropy loss, clipped] for the logs.
+        log_sums = np.zeros(5)
+        approx_kls: list[float] = []
+        stopped = False
+        for epoch in range(n_epochs):
+            for data in self.rollout_buffer.get(batch_size):
+                actions = data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    actions = actions.long().flatten()
+                masks = getattr(data, "action_masks", None)
+                extra = {} if masks is None else {"action_masks": masks}
+                values, log_prob, entropy = policy.evaluate_actions(
+                    data.observations, actions, **extra
+                )
+                values = values.flatten()  # [b]
+                advantages = data.advantages  # [b]
+                with torch.no_grad():
+                    log_ratio = log_prob - data.old_log_prob
+                    kl_sum = float(((torch.exp(log_ratio) - 1) - log_ratio).sum())
+                n, adv_sum, adv_sq, kl_total = distributed.all_reduce(
+                    [len(advantages), float(advantages.sum()), float((advantages**2).sum()), kl_sum]
+                )
+                if self.normalize_advantage and n > 1:
+                    mean = adv_sum / n
+                    std = max((adv_sq - n * mean * mean) / (n - 1), 0.0) ** 0.5
+                    advantages = (advantages - mean) / (std + 1e-8)
+                approx_kl = kl_total / n
+                approx_kls.append(approx_kl)
+                if not a2c and self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    stopped = True
+                    if self.verbose >= 1:
+                        print(
+                            f"Early stopping at step {epoch} due to reaching max kl: {approx_kl:.2f}"
+                        )
+                    break
+                if a2c:
+                    policy_loss = -(advantages * log_prob).sum()
+                    clipped = 0.0
+                else:
+                    ratio = torch.exp(log_prob - data.old_log_prob)
+                    surrogate = torch.min(
+                        advantages * ratio,
+                        advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range),
+                    )
+                    policy_loss = -surrogate.sum()
+                    clipped = float(((ratio - 1).abs() > clip_range).float().sum())
+                values_pred = values
+                if clip_range_vf is not None:
+                    values_pred = data.old_values + torch.clamp(
+                        values - data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                value_loss = ((data.returns - values_pred) ** 2).sum()
+                entropy_loss = -(entropy.sum() if entropy is not None else -log_prob.sum())
+                total = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                loss = total * (world / n)  # averaged over ranks: the global minibatch mean
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"{type(self).__name__}: the loss became {float(loss)} at step "
+                        f"{self.num_timesteps}, before the optimizer step (no weight changed; resume "
+                        "from the last checkpoint). Usual causes: rewards far larger than a few "
+                        "units (set a reward_bound / reward_clip) or a learning rate too high."
+                    )
+                policy.optimizer.zero_grad()
+                loss.backward()
+                distributed.average_gradients(policy.parameters())
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+                policy.optimizer.step()
+                log_sums += [
+                    len(advantages),
+                    float(policy_loss.detach()),
+                    float(value_loss.detach()),
+                    float(entropy_loss.detach()),
+                    clipped,
+                ]
+            self._n_updates += 1
+            if stopped:
                 break
-            if a2c:
-                policy_loss = -(advantages * log_prob).sum()
-                clipped = 0.0
-            else:
-                ratio = torch.exp(log_prob - data.old_log_prob)
-                surrogate = torch.min(
-                    advantages * ratio,
-                    advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range),
-                )
-                policy_loss = -surrogate.sum()
-                clipped = float(((ratio - 1).abs() > clip_range).float().sum())
-            values_pred = values
-            if clip_range_vf is not None:
-                values_pred = data.old_values + torch.clamp(
-                    values - data.old_values, -clip_range_vf, clip_range_vf
-                )
-            value_loss = ((data.returns - values_pred) ** 2).sum()
-            entropy_loss = -(entropy.sum() if entropy is not None else -log_prob.sum())
-            total = policy_loss + algo.ent_coef * entropy_loss + algo.vf_coef * value_loss
-            loss = total * (world / n)  # averaged over ranks: the global minibatch mean
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{type(algo).__name__}: the loss became {float(loss)} at step "
-                    f"{algo.num_timesteps}, before the optimizer step (no weight changed; resume "
-                    "from the last checkpoint). Usual causes: rewards far larger than a few "
-                    "units (set a reward_bound / reward_clip) or a learning rate too high."
-                )
-            policy.optimizer.zero_grad()
-            loss.backward()
-            distributed.average_gradients(policy.parameters())
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), algo.max_grad_norm)
-            policy.optimizer.step()
-            log_sums += [
-                len(advantages),
-                float(policy_loss.detach()),
-                float(value_loss.detach()),
-                float(entropy_loss.detach()),
-                clipped,
-            ]
-        algo._n_updates += 1
-        if stopped:
-            break
-    sums = distributed.all_reduce(list(log_sums))
-    _record(algo, sums, float(np.mean(approx_kls)), clip_range, clip_range_vf, a2c)
+        sums = distributed.all_reduce(list(log_sums))
+        self._record_train_logs(sums, float(np.mean(approx_kls)), clip_range, clip_range_vf, a2c)
 
-
-def _record(
-    algo: Any,
-    sums: list[float],
-    approx_kl: float,
-    clip_range: float | None,
-    clip_range_vf: float | None,
-    a2c: bool,
-) -> None:
-    """SB3's ``train/`` keys, from global sums (losses are means per sample here, where SB3
-    averages per-minibatch means: equal when minibatches are equal)."""
-    n = max(sums[0], 1.0)
-    logger = algo.logger
-    buffer = algo.rollout_buffer
-    logger.record("train/n_updates", algo._n_updates, exclude="tensorboard")
-    logger.record("train/explained_variance", _explained_variance(buffer.values, buffer.returns))
-    logger.record("train/entropy_loss", sums[3] / n)
-    logger.record("train/value_loss", sums[2] / n)
-    if a2c:
-        logger.record("train/policy_loss", sums[1] / n)
-        return
-    logger.record("train/policy_gradient_loss", sums[1] / n)
-    logger.record("train/approx_kl", approx_kl)
-    logger.record("train/clip_fraction", sums[4] / n)
-    logger.record("train/loss", (sums[1] + algo.ent_coef * sums[3] + algo.vf_coef * sums[2]) / n)
-    logger.record("train/clip_range", clip_range)
-    if clip_range_vf is not None:
-        logger.record("train/clip_range_vf", clip_range_vf)
+    def _record_train_logs(
+        self,
+        sums: list[float],
+        approx_kl: float,
+        clip_range: float | None,
+        clip_range_vf: float | None,
+        a2c: bool,
+    ) -> None:
+        """SB3's ``train/`` keys, from global sums (losses are means per sample here, where SB3
+        averages per-minibatch means: equal when minibatches are equal)."""
+        n = max(sums[0], 1.0)
+        logger = self.logger
+        buffer = self.rollout_buffer
+        logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        logger.record(
+            "train/explained_variance", _explained_variance(buffer.values, buffer.returns)
+        )
+        logger.record("train/entropy_loss", sums[3] / n)
+        logger.record("train/value_loss", sums[2] / n)
+        if a2c:
+            logger.record("train/policy_loss", sums[1] / n)
+            return
+        logger.record("train/policy_gradient_loss", sums[1] / n)
+        logger.record("train/approx_kl", approx_kl)
+        logger.record("train/clip_fraction", sums[4] / n)
+        logger.record(
+            "train/loss", (sums[1] + self.ent_coef * sums[3] + self.vf_coef * sums[2]) / n
+        )
+        logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            logger.record("train/clip_range_vf", clip_range_vf)
 
 
 def _explained_variance(values: np.ndarray, returns: np.ndarray) -> float:

@@ -13,17 +13,23 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from safetensors.torch import save_file
 
-if TYPE_CHECKING:
-    from rlhf_gym.agents.policy import _LoRACore
+
+class AdaptedPolicy(Protocol):
+    """What export needs of a policy (:class:`rlhf_gym.agents.policy.LoRAPolicy` has it): the
+    peft model and the value head, if any. A protocol, so export imports no policy module."""
+
+    model: Any
+    value_head: Any
+
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-def export_adapter(policy: _LoRACore, save_directory: str | os.PathLike[str]) -> str:
+def export_adapter(policy: AdaptedPolicy, save_directory: str | os.PathLike[str]) -> str:
     """Write the LoRA adapter (peft format) and the value head if any; return the directory.
 
     A critic-free policy (GRPO, RLOO, REINFORCE++) has no value head and writes no head file.
@@ -39,7 +45,7 @@ def export_adapter(policy: _LoRACore, save_directory: str | os.PathLike[str]) ->
 
 
 def export_merged(
-    policy: _LoRACore, save_directory: str | os.PathLike[str], *, tokenizer: Any = None
+    policy: AdaptedPolicy, save_directory: str | os.PathLike[str], *, tokenizer: Any = None
 ) -> str:
     """Write a plain HF model directory (LoRA merged) plus the tokenizer when one is known.
 

@@ -56,6 +56,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from rlhf_gym.agents import distributed
 from rlhf_gym.agents import group_losses as gl
 from rlhf_gym.agents.kl import make_kl_controller
+from rlhf_gym.agents.loop_state import ResumableLoop
 from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy, record_model_by_path
 
 _VALUE_OPTIONS = ("value_head", "value_trunk")
@@ -139,7 +140,7 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
-class GroupRelativePO(OnPolicyAlgorithm):
+class GroupRelativePO(ResumableLoop, OnPolicyAlgorithm):
     """Critic-free group-relative policy optimisation (GRPO, RLOO, REINFORCE++; module doc)."""
 
     policy_aliases: dict[str, type] = {}

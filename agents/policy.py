@@ -38,6 +38,7 @@ loading them needs the model again (:func:`rlhf_gym.agents.load_agent` with ``mo
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import warnings
@@ -266,13 +267,10 @@ class _LoRACore:
         self._has_logits_to_keep = "logits_to_keep" in forward_params
         self._kv_caches: dict[int, RolloutKVCache] = {}
         self._weights_version = 0
-        #: Whether ``evaluate_actions`` returns the entropy (the algorithms turn it off when
-        #: ``ent_coef == 0``; SB3 then logs the sample estimate ``-mean(log_prob)``).
-        self.compute_entropy = True
-        #: Set by the algorithms around ``collect_rollouts``: given a batch size, whether a
-        #: ``predict_values`` call is SB3's final bootstrap whose values GAE multiplies by zero
-        #: (see :meth:`rlhf_gym.agents.algorithms.KLControlMixin.collect_rollouts`).
-        self.bootstrap_unused: Callable[[int], bool] | None = None
+        # Switched only through the contexts below (:meth:`entropy_in_training`,
+        # :meth:`skipping_unused_bootstrap`), which the algorithms enter around SB3's loops.
+        self._compute_entropy = True
+        self._bootstrap_unused: Callable[[int], bool] | None = None
         self._watched: list[nn.Parameter] = self._trainable_parameters()
         self.optimizer = optimizer_class(self._watched, lr=lr_schedule(1), **optimizer_kwargs)
 
@@ -669,10 +667,51 @@ class _LoRACore:
             dist.apply_masking(action_masks)
         return dist
 
+    @property
+    def compute_entropy(self) -> bool:
+        """Whether ``evaluate_actions`` returns the entropy now (see :meth:`entropy_in_training`)."""
+        return self._compute_entropy
+
+    @property
+    def bootstrap_unused(self) -> Callable[[int], bool] | None:
+        """The test of :meth:`skipping_unused_bootstrap` in force, or ``None`` outside it."""
+        return self._bootstrap_unused
+
+    @contextlib.contextmanager
+    def entropy_in_training(self, enabled: bool) -> Iterator[None]:
+        """Whether ``evaluate_actions`` computes the full-vocabulary entropy inside the block.
+
+        SB3's PPO, A2C and MaskablePPO multiply the entropy by ``ent_coef``; at 0 (the LM
+        default; TRPO has none) it is a ``[batch, vocab]`` softmax and its backward for nothing.
+        With ``enabled=False`` the entropy comes back as ``None``, and SB3 then logs its sample
+        estimate ``-mean(log_prob)`` as ``train/entropy_loss``.
+        """
+        previous, self._compute_entropy = self._compute_entropy, bool(enabled)
+        try:
+            yield
+        finally:
+            self._compute_entropy = previous
+
+    @contextlib.contextmanager
+    def skipping_unused_bootstrap(self, unused: Callable[[int], bool]) -> Iterator[None]:
+        """Inside the block, a no-grad ``predict_values`` of ``batch`` observations for which
+        ``unused(batch)`` is true returns zeros without a forward.
+
+        For SB3's ``collect_rollouts``, which ends by predicting the values of the final
+        observations to bootstrap GAE; GAE multiplies them by ``1 - done``, so when every env
+        has just finished an episode they are discarded (see
+        :meth:`rlhf_gym.agents.algorithms.KLControlMixin.collect_rollouts`, which decides).
+        """
+        previous, self._bootstrap_unused = self._bootstrap_unused, unused
+        try:
+            yield
+        finally:
+            self._bootstrap_unused = previous
+
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         if self.value_head is None:  # critic-free: no forward for values nobody reads
             return torch.zeros(int(obs["input_ids"].shape[0]), 1, device=self.device)  # type: ignore[index]
-        unused = self.bootstrap_unused
+        unused = self._bootstrap_unused
         if unused is not None and not torch.is_grad_enabled():
             batch = int(obs["input_ids"].shape[0])  # type: ignore[index]
             if unused(batch):
@@ -689,7 +728,7 @@ class _LoRACore:
         permuted back (see :meth:`_grouped_scores`).
         """
         log_prob, entropy, hidden, order = self._grouped_scores(
-            obs, actions, action_masks, entropy=self.compute_entropy
+            obs, actions, action_masks, entropy=self._compute_entropy
         )
         inverse = torch.argsort(order)
         values = self._value(hidden)[inverse]

@@ -12,8 +12,10 @@ written by :func:`save_agent` holds only:
 - ``optimizer.safetensors`` and ``optimizer.json``: the optimizer's tensors and its plain state
   (step counts, hyperparameters).
 
-:func:`load_agent_dir` rebuilds the agent through ``make_agent`` (the base model comes from its
-own ``from_pretrained`` files, which hold tensors) and loads the tensors; nothing is unpickled.
+:func:`rlhf_gym.agents.load_agent` reads the record (:func:`read_agent_record`), rebuilds the
+agent through ``make_agent`` (the base model comes from its own ``from_pretrained`` files, which
+hold tensors) and loads the tensors (:func:`restore_agent_state`); nothing is unpickled. This
+module never imports the algorithms, so saving and loading form no import circle.
 Only agents built by ``make_agent`` can be saved this way: it records the arguments (a schedule
 function or an optimizer class is not JSON, and is refused by name).
 """
@@ -79,33 +81,21 @@ def is_agent_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / AGENT_JSON).is_file()
 
 
-def load_agent_dir(
-    path: str | os.PathLike[str],
-    env: Any,
-    *,
-    model: Any = None,
-    device: str = "auto",
-) -> Any:
-    """Rebuild an agent saved by :func:`save_agent` on ``env``; no pickle is read."""
-    from rlhf_gym.agents.algorithms import make_agent
-
+def read_agent_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``agent.json`` of a directory written by :func:`save_agent`: the algorithm's registry
+    name and the arguments that rebuild the agent (``make_agent(**...)``, done by
+    :func:`rlhf_gym.agents.load_agent`)."""
     path = Path(path)
     record = json.loads((path / AGENT_JSON).read_text())
     if record.get("format") != FORMAT:
         raise ValueError(f"{path / AGENT_JSON}: not an rlhf_gym agent ({record.get('format')!r})")
-    agent = make_agent(
-        record["algorithm"],
-        env,
-        model=model if model is not None else record["model"],
-        lora=record["lora"],
-        kl_coef=record["kl_coef"],
-        kl_target=record["kl_target"],
-        kl_horizon=record["kl_horizon"],
-        seed=record["seed"],
-        device=device,
-        policy_kwargs=record["policy_kwargs"],
-        **record["algo_kwargs"],
-    )
+    return record
+
+
+def restore_agent_state(agent: Any, path: str | os.PathLike[str], record: dict[str, Any]) -> Any:
+    """Load the saved trainable weights, optimizer state, step count and KL coefficient into
+    ``agent`` (freshly built from ``record``); no pickle is read."""
+    path = Path(path)
     agent.policy.load_state_dict(load_file(str(path / "policy.safetensors")))
     plain = json.loads((path / "optimizer.json").read_text())
     agent.policy.optimizer.load_state_dict(

@@ -26,7 +26,6 @@ import json
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,146 +39,10 @@ from tqdm.rich import tqdm
 
 from rlhf_gym.agents import checkpoints as ckpt
 from rlhf_gym.agents import distributed
+from rlhf_gym.agents.config import TrainConfig, env_arguments, is_default_task
 from rlhf_gym.agents.evaluation import EvalStats, evaluate_model
 from rlhf_gym.envs import TextGenerationEnv, make_vec_env
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``rlhf-gym train`` needs; each field is a ``--flag`` and a YAML key."""
-
-    algo: str = field(
-        default="ppo", metadata={"help": "RL algorithm by name (see `rlhf-gym algos`)"}
-    )
-    model: str | None = field(
-        default=None,
-        metadata={"help": "causal LM path or hub id; default: the embedded default policy"},
-    )
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "tokenizer path or hub id; default: the model's"}
-    )
-    prompts: str | None = field(
-        default=None, metadata={"help": "training prompt file; default: the default task's"}
-    )
-    eval_prompts: str | None = field(
-        default=None,
-        metadata={
-            "help": "held-out prompt file; default: the default task's, else eval_fraction of prompts"
-        },
-    )
-    eval_fraction: float = field(
-        default=0.1,
-        metadata={"help": "share of prompts held out when no eval_prompts file is given"},
-    )
-    reward: Any = field(
-        default=None,
-        metadata={
-            "help": "reward spec: a name, module:attr, or JSON mix; default: the default task's reward model"
-        },
-    )
-    max_prompt_tokens: int | None = field(
-        default=None, metadata={"help": "longest prompt in tokens (left-truncated)"}
-    )
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "longest response in tokens"}
-    )
-    system_prompt: str | None = field(
-        default=None,
-        metadata={"help": "system turn put first in every chat-templated prompt that has none"},
-    )
-    total_timesteps: int = field(
-        default=16384, metadata={"help": "environment steps (tokens generated) to train for"}
-    )
-    num_envs: int = field(default=32, metadata={"help": "episodes generated in parallel"})
-    group_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "answers per prompt (envs per group, in rounds); unset: 4 for grpo and rloo, "
-            "1 in rounds for reinforce_pp, 1 (no rounds) for the SB3 algorithms"
-        },
-    )
-    n_steps: int | None = field(
-        default=None,
-        metadata={"help": "rollout steps per env per update (unset: the algorithm's LM default)"},
-    )
-    batch_size: int | None = field(
-        default=None, metadata={"help": "minibatch size (unset: the algorithm's LM default)"}
-    )
-    n_epochs: int | None = field(
-        default=None,
-        metadata={
-            "help": "passes over each rollout (num_iterations of the group algorithms; unset: "
-            "the algorithm's default)"
-        },
-    )
-    learning_rate: float | None = field(
-        default=None, metadata={"help": "optimizer learning rate (unset: the algorithm's default)"}
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_target_modules: list[str] | None = field(
-        default=None,
-        metadata={"help": "modules to adapt; default: peft's choice for the architecture"},
-    )
-    dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": "dtype of the base weights: float32, bfloat16 or float16 (unset: the "
-            "checkpoint's); LoRA weights and the value head stay float32"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "recompute activations in backward (less memory for long answers)"},
-    )
-    logit_memory_mb: float = field(
-        default=256.0,
-        metadata={"help": "budget (MiB) of one [tokens, vocab] block in training and KL passes"},
-    )
-    kl_coef: float = field(
-        default=0.5,
-        metadata={
-            "help": "KL penalty beta (initial value when adaptive); 0.5 keeps the default task "
-            "fluent on every seed tried"
-        },
-    )
-    kl_target: float | None = field(
-        default=None, metadata={"help": "target KL per episode; enables the adaptive controller"}
-    )
-    kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL horizon in steps"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
-    output_dir: str = field(default="runs/default", metadata={"help": "run directory"})
-    eval_every: int = field(
-        default=4096,
-        metadata={"help": "evaluate on held-out prompts every N steps (0: only before and after)"},
-    )
-    eval_episodes: int = field(default=128, metadata={"help": "held-out prompts per evaluation"})
-    checkpoint_every: int = field(default=4096, metadata={"help": "checkpoint every N steps"})
-    resume: bool = field(
-        default=False, metadata={"help": "continue from the last checkpoint in output_dir"}
-    )
-    progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
-    num_samples: int = field(
-        default=4, metadata={"help": "sample generations shown before and after"}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "allow custom model code from the model directory"}
-    )
-    reward_bound: float | None = field(
-        default=1e4,
-        metadata={"help": "a reward beyond +-this stops the run (null in YAML: no check)"},
-    )
-    reward_clip: bool = field(
-        default=False, metadata={"help": "clip rewards to +-reward_bound instead of stopping"}
-    )
-    trust_reward_factories: bool = field(
-        default=False,
-        metadata={
-            "help": "let a module:attr reward in --reward or the config name any callable, called "
-            "with the spec's parameters (off: reward functions and Reward subclasses only)"
-        },
-    )
+from rlhf_gym.envs.default_task.checks import Check, learning_checks
 
 
 @dataclass
@@ -195,54 +58,6 @@ class TrainResult:
     checks: list[Check] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Check:
-    """One pass/fail statement about a run, printed under the before/after table."""
-
-    name: str
-    passed: bool
-    detail: str
-
-
-#: Bounds that say a run learned the preference without wrecking the language (default task).
-MIN_REWARD_GAIN = 2.0
-MIN_INDEPENDENT_GAIN = 0.2
-MAX_PPL_RATIO = 1.5
-MIN_DISTINCT2_RATIO = 0.75
-
-
-def learning_checks(before: EvalStats, after: EvalStats) -> list[Check]:
-    """Is the gain real? The reward rose, a measure the reward model never saw rose with it,
-    and fluency held: perplexity under the base model and distinct-2 stayed within bounds."""
-    checks = [
-        Check(
-            "reward rose",
-            after.reward_mean - before.reward_mean >= MIN_REWARD_GAIN,
-            f"{before.reward_mean:+.2f} -> {after.reward_mean:+.2f} (need +{MIN_REWARD_GAIN})",
-        )
-    ]
-    for name in before.metrics:
-        gain = after.metrics[name] - before.metrics[name]
-        checks.append(Check(
-            f"independent {name} rose",
-            gain >= MIN_INDEPENDENT_GAIN,
-            f"{before.metrics[name]:.3f} -> {after.metrics[name]:.3f} (need +{MIN_INDEPENDENT_GAIN})",
-        ))  # fmt: skip
-    ppl_ratio = after.base_ppl / before.base_ppl
-    d2_ratio = after.distinct_2 / max(before.distinct_2, 1e-9)
-    checks.append(Check("fluent (perplexity under base)", ppl_ratio <= MAX_PPL_RATIO,
-                        f"{ppl_ratio:.2f}x the base's own (bound {MAX_PPL_RATIO}x)"))  # fmt: skip
-    checks.append(Check("diverse (distinct-2)", d2_ratio >= MIN_DISTINCT2_RATIO,
-                        f"{d2_ratio:.2f}x the base's (bound {MIN_DISTINCT2_RATIO}x)"))  # fmt: skip
-    return checks
-
-
-def is_default_task(cfg: TrainConfig) -> bool:
-    """Whether the run is the embedded default task (its prompts and reward model), the only
-    task whose checks, thresholds and independent metrics mean anything."""
-    return cfg.reward is None and cfg.prompts is None
-
-
 def default_metrics(cfg: TrainConfig) -> dict[str, Any]:
     """Independent metrics for the default task (a lexicon scorer the reward model never saw)."""
     if not is_default_task(cfg):
@@ -253,17 +68,9 @@ def default_metrics(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "trust_remote_code": cfg.trust_remote_code,
-        "trust_reward_factories": cfg.trust_reward_factories,
-        "reward_bound": cfg.reward_bound,
-        "reward_clip": cfg.reward_clip,
-    }
-    if cfg.tokenizer is not None or cfg.model is not None:
-        kwargs["tokenizer"] = cfg.tokenizer or cfg.model
-    for key in ("prompts", "reward", "max_prompt_tokens", "max_new_tokens", "system_prompt"):
-        if getattr(cfg, key) is not None:
-            kwargs[key] = getattr(cfg, key)
+    """The training env's arguments: the env section, and ``eval_fraction`` of the prompts held
+    out when no held-out file is given."""
+    kwargs = env_arguments(cfg)
     if cfg.prompts is not None and cfg.eval_prompts is None:
         kwargs["eval_fraction"] = cfg.eval_fraction
     return kwargs
@@ -596,16 +403,11 @@ class _Run:
     def _own_state(self) -> dict[str, Any]:
         """This rank's part of a checkpoint: its RNGs, envs and SB3 loop state."""
         agent = self.agent
-        starts = getattr(agent, "_last_episode_starts", None)
         return {
             "rng": ckpt.rng_state(),
             "venv": self.venv.vector_env.state_dict(),
             "loop": {
-                "last_episode_starts": None if starts is None else np.asarray(starts).tolist(),
-                "ep_info_buffer": [
-                    {k: float(v) for k, v in info.items()} for info in agent.ep_info_buffer or []
-                ],
-                "n_updates": int(getattr(agent, "_n_updates", 0)),
+                **agent.loop_state(),  # SB3's loop (rlhf_gym.agents.loop_state)
                 "eval_next": self.eval_next,
                 # Recorded but not yet dumped: SB3 writes an update's train/ metrics (and the
                 # eval/ row of this rollout start) with the NEXT progress.csv row.
@@ -620,14 +422,9 @@ class _Run:
         """Put the envs (episodes in flight included) and SB3's loop where the checkpoint was,
         so ``learn(reset_num_timesteps=False)`` continues the same rollout stream instead of
         resetting every env onto new prompts."""
-        agent, loop = self.agent, state["loop"]
+        loop = state["loop"]
         self.venv.vector_env.load_state_dict(state["venv"])
-        agent._last_obs = self.venv.vector_env.observations()
-        if loop["last_episode_starts"] is not None:
-            agent._last_episode_starts = np.asarray(loop["last_episode_starts"], dtype=bool)
-        agent.ep_info_buffer = deque(loop["ep_info_buffer"], maxlen=agent._stats_window_size)
-        agent.ep_success_buffer = deque(maxlen=agent._stats_window_size)
-        agent._n_updates = int(loop["n_updates"])
+        self.agent.load_loop_state(loop, self.venv.vector_env.observations())
         self.eval_next = loop["eval_next"]
 
 

@@ -253,22 +253,22 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         else:
             index = self._sampler.draw(self.np_random)
         self._start(self.dataset[index])
-        return self._obs(), {"prompt_index": index}
+        return self.observation(), {"prompt_index": index}
 
     def step(
         self, action: SupportsInt | np.ndarray
     ) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
-        terminated, truncated = self._advance(action)
+        terminated, truncated = self.advance(action)
         if not (terminated or truncated):
-            return self._obs(), 0.0, False, False, {}
-        batch = self._reward_batch([self])
+            return self.observation(), 0.0, False, False, {}
+        batch = self.reward_kwargs([self])
         output = self.reward_fn(**batch)
         return (
-            self._obs(),
+            self.observation(),
             float(self.reward_bound(output.total, batch["prompts"])[0]),
             terminated,
             truncated,
-            self._final_info(output, 0),
+            self.final_info(output, 0),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -346,8 +346,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         self._finish_reason = None
         self._response_text = ""
 
-    def _advance(self, action: SupportsInt | np.ndarray) -> tuple[bool, bool]:
-        """Append one token; return (terminated, truncated). Does not score."""
+    def advance(self, action: SupportsInt | np.ndarray) -> tuple[bool, bool]:
+        """Append one token; return (terminated, truncated). Does not score: the vector env
+        scores every episode that ended in a step with one reward call (:meth:`reward_kwargs`)."""
         if self._done:
             raise ResetNeeded("step() was called after the episode ended; call reset() first")
         token = self._check_action(action)
@@ -391,7 +392,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         return True
 
     @staticmethod
-    def _reward_batch(envs: Sequence[TextGenerationEnv]) -> dict[str, Any]:
+    def reward_kwargs(envs: Sequence[TextGenerationEnv]) -> dict[str, Any]:
         """Keyword arguments of one reward call for the finished episodes of ``envs``."""
         rows = [env._row for env in envs]
         assert all(row is not None for row in rows)
@@ -402,7 +403,9 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
             envs[0].dataset.extra_columns,
         )
 
-    def _final_info(self, output: RewardOutput, i: int) -> dict[str, Any]:
+    def final_info(self, output: RewardOutput, i: int) -> dict[str, Any]:
+        """The finished episode's ``info``: its prompt, response, reward components (row ``i``
+        of ``output``, the reward call it was scored in), finish reason and prompt index."""
         assert self._row is not None
         return {
             "prompt": self._row.text,
@@ -414,8 +417,38 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
             "extras": dict(self._row.extras),
         }
 
-    def _obs(self) -> Obs:
+    def observation(self) -> Obs:
+        """A copy of the current observation (``reset``/``step`` return the same)."""
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        """``[L]`` the episode's tokens (prompt, response, pad), read-only; no copy."""
+        view = self._ids.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def attention_mask(self) -> np.ndarray:
+        """``[L]`` 1 on the prompt and response tokens, read-only; no copy."""
+        view = self._mask.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def prompt_length(self) -> int:
+        """Tokens of the current prompt."""
+        return self._prompt_len
+
+    @property
+    def num_new_tokens(self) -> int:
+        """Response tokens generated so far in this episode."""
+        return self._n_new
+
+    @property
+    def row(self) -> PromptRow | None:
+        """The prompt row of the current episode (``None`` before the first reset)."""
+        return self._row
 
     def _build_action_mask(
         self, banned: Sequence[int | str] | None, allowed: Sequence[int | str] | None

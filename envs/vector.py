@@ -175,13 +175,13 @@ class TextGenerationVectorEnv(VectorEnv):
             if idle[i]:
                 self._idle_steps[i] += 1
                 continue
-            terminated[i], truncated[i] = env._advance(actions[i])
+            terminated[i], truncated[i] = env.advance(actions[i])
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         infos: dict[str, Any] = {"idle": idle} if self.rounds else {}
         done = np.flatnonzero(terminated | truncated)
         if len(done):
             finished = [self.envs[i] for i in done]
-            batch = TextGenerationEnv._reward_batch(finished)
+            batch = TextGenerationEnv.reward_kwargs(finished)
             output = self.reward_fn(**batch)
             self.reward_calls += 1
             output.total[:] = self.envs[0].reward_bound(output.total, batch["prompts"])
@@ -189,16 +189,16 @@ class TextGenerationVectorEnv(VectorEnv):
             now = time.perf_counter()
             for k, i in enumerate(done):
                 env = self.envs[i]
-                final_info = env._final_info(output, k)
+                final_info = env.final_info(output, k)
                 final_info["episode"] = {
                     "r": float(output.total[k]),
-                    "l": env._n_new,
+                    "l": env.num_new_tokens,
                     "t": now - self._episode_start[i],
                 }
                 if self.rounds:
                     final_info["group_id"] = int(self._group_ids[i])
                 infos = self._add_info(
-                    infos, {"final_obs": env._obs(), "final_info": final_info}, int(i)
+                    infos, {"final_obs": env.observation(), "final_info": final_info}, int(i)
                 )
                 if self.rounds:
                     self._idle[i] = True
@@ -251,13 +251,13 @@ class TextGenerationVectorEnv(VectorEnv):
 
     def _stack(self) -> Obs:
         obs = {
-            "input_ids": np.stack([env._ids for env in self.envs]),
-            "attention_mask": np.stack([env._mask for env in self.envs]),
+            "input_ids": np.stack([env.token_ids for env in self.envs]),
+            "attention_mask": np.stack([env.attention_mask for env in self.envs]),
         }
         for i in np.flatnonzero(self._idle_steps):
             # An idle env shows its finished sequence plus one pad token per idle step.
             env = self.envs[i]
-            end = env._prompt_len + env._n_new
+            end = env.prompt_length + env.num_new_tokens
             tail = slice(end, end + int(self._idle_steps[i]))
             obs["input_ids"][i, tail] = env.pad_token_id
             obs["attention_mask"][i, tail] = 1
