@@ -184,8 +184,11 @@ def lora_config_to_dict(config: LoraConfig) -> dict[str, Any]:
     return out
 
 
-def apply_lora(model: PreTrainedModel, lora: LoraConfig | Mapping[str, Any] | None) -> PeftModel:
-    """Freeze ``model`` and inject a LoRA adapter; errors name the modules that could be targeted."""
+def apply_lora(
+    model: PreTrainedModel, lora: LoraConfig | Mapping[str, Any] | None, *, fuse: bool = True
+) -> PeftModel:
+    """Freeze ``model`` and inject a LoRA adapter; errors name the modules that could be targeted.
+    ``fuse``: the fused LoRA forward (:func:`~rlhf_gym.agents.fused.fuse_lora_forward`)."""
     config = lora_config(lora)
     for param in model.parameters():
         param.requires_grad_(False)
@@ -206,5 +209,6 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig | Mapping[str, Any] | No
             ) from exc
         raise
     disable_dropout(peft_model)
-    fuse_lora_forward(peft_model)
+    if fuse:
+        fuse_lora_forward(peft_model)
     return peft_model

@@ -1,7 +1,10 @@
 """stable-baselines3 policies whose actor is a Hugging Face causal LM with a LoRA adapter.
 
 :class:`LoRAPolicy` (PPO, A2C, TRPO) and :class:`MaskableLoRAPolicy` (sb3-contrib MaskablePPO)
-share :class:`_LoRACore`, which holds everything LM-specific:
+share :class:`_LoRACore`: the SB3 surface (``forward``, ``evaluate_actions``,
+``get_distribution``, ``predict_values``, ``_predict``), the value head, and the trimming of
+parameters and state to the trainable ones. Every forward of the language model runs in its
+engine (:class:`~rlhf_gym.agents.engine.LMEngine`, ``policy.engine``). Together:
 
 - action logits are the LM's next-token logits at the observation's last valid token; the value
   is a small head (``value_head``) on the LM's last hidden state at that token;
@@ -39,12 +42,10 @@ loading them needs the model again (:func:`rlhf_gym.agents.load_agent` with ``mo
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import numpy as np
@@ -55,21 +56,16 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import DynamicLayer
+from transformers import PreTrainedModel
 
 from rlhf_gym.agents.distributions import (
     MaskableVocabCategoricalDistribution,
     VocabCategoricalDistribution,
     sample_with_log_prob,
 )
-from rlhf_gym.agents.fused import RolloutMerge, fuse_activations
-from rlhf_gym.agents.kv_cache import (
-    BufferCache,
-    LMCallResult,
-    RolloutKVCache,
-    decode_attention,
-)
+from rlhf_gym.agents.engine import LMEngine
+from rlhf_gym.agents.fused import fuse_activations
+from rlhf_gym.agents.kv_cache import RolloutKVCache
 from rlhf_gym.agents.lora import (
     apply_lora,
     disable_dropout,
@@ -77,7 +73,6 @@ from rlhf_gym.agents.lora import (
     lora_config_to_dict,
     resolve_dtype,
 )
-from rlhf_gym.agents.sequence_eval import group_by_prefix
 
 ValueHead = Literal["linear", "mlp"]
 
@@ -130,7 +125,7 @@ def _lm_vocab_size(model: PreTrainedModel) -> int:
 
 
 class _LoRACore:
-    """LM machinery shared by :class:`LoRAPolicy` and :class:`MaskableLoRAPolicy`.
+    """What :class:`LoRAPolicy` and :class:`MaskableLoRAPolicy` share (module docstring).
 
     Listed first in the bases so its ``__init__`` replaces the MLP-building constructors of
     ``ActorCriticPolicy``/``MaskableActorCriticPolicy`` (it calls ``BasePolicy.__init__``).
@@ -158,6 +153,7 @@ class _LoRACore:
         eval_chunk_size: int = 64,
         logit_memory_mb: float = 256.0,
         gradient_checkpointing: bool = False,
+        fast_paths: bool = True,
         use_sde: bool = False,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -196,6 +192,9 @@ class _LoRACore:
             instead of keeping them (transformers' non-reentrant checkpointing): training
             memory no longer grows with layers x tokens, for about one more forward of time.
             For long answers. Only training passes checkpoint; rollouts never keep activations.
+        :param fast_paths: the same-function fast paths of the LM engine (KV cache, merged
+            rollout weights, fused LoRA forward and activations; :mod:`rlhf_gym.agents.engine`).
+            Off: peft's and transformers' plain forwards, for checking a result.
         :param use_sde: must be False (kept because stable-baselines3 always passes it).
         """
         if use_sde:
@@ -231,23 +230,27 @@ class _LoRACore:
             )
         _check_positions(base, observation_space)
         disable_dropout(base)
-        fuse_activations(base)
+        if fast_paths:
+            fuse_activations(base)
         base.eval()
-        self.model = apply_lora(base, lora)
-        self.gradient_checkpointing = bool(gradient_checkpointing)
-        if self.gradient_checkpointing:
+        self.model = apply_lora(base, lora, fuse=fast_paths)
+        if gradient_checkpointing:
             _enable_checkpointing(self.model.get_base_model())
+        #: Every forward of the LM (decode, scoring, the reference); this class adds the SB3
+        #: surface, the value head and the trimming of parameters and state to trainable ones.
+        self.engine = LMEngine(
+            self.model,
+            fast_paths=fast_paths,
+            use_kv_cache=use_kv_cache,
+            merge_for_rollout=merge_for_rollout,
+            eval_chunk_size=eval_chunk_size,
+            logit_memory_mb=logit_memory_mb,
+            gradient_checkpointing=gradient_checkpointing,
+        )
         self.lora_config = self.model.peft_config["default"]
         self.dtype = resolve_dtype(dtype)
         self.attn_implementation = attn_implementation
         self.trust_remote_code = trust_remote_code
-        self.use_kv_cache = use_kv_cache
-        self.merge_for_rollout = bool(merge_for_rollout)
-        self._rollout_merge = RolloutMerge(self.model)
-        self.eval_chunk_size = int(eval_chunk_size)
-        if logit_memory_mb <= 0:
-            raise ValueError(f"logit_memory_mb must be > 0, got {logit_memory_mb}")
-        self.logit_memory_mb = float(logit_memory_mb)
         self.value_head_kind = value_head
         hidden = int(base.config.get_text_config().hidden_size)
         self.value_head: nn.Module | None = (
@@ -261,18 +264,51 @@ class _LoRACore:
         self.dist_kwargs = None
         self.share_features_extractor = True
         self.action_dist = self._make_action_dist(action_space)
-
-        forward_params = inspect.signature(self.model.get_base_model().forward).parameters
-        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
-        self._has_logits_to_keep = "logits_to_keep" in forward_params
-        self._kv_caches: dict[int, RolloutKVCache] = {}
-        self._weights_version = 0
         # Switched only through the contexts below (:meth:`entropy_in_training`,
         # :meth:`skipping_unused_bootstrap`), which the algorithms enter around SB3's loops.
         self._compute_entropy = True
         self._bootstrap_unused: Callable[[int], bool] | None = None
         self._watched: list[nn.Parameter] = self._trainable_parameters()
         self.optimizer = optimizer_class(self._watched, lr=lr_schedule(1), **optimizer_kwargs)
+
+    # ------------------------------------------------------------------ engine settings
+    # Kept on the engine (the one place that reads them); exposed here as the policy's own
+    # options, as stable-baselines3 users set policy_kwargs and read them back.
+    @property
+    def use_kv_cache(self) -> bool:
+        return self.engine.use_kv_cache
+
+    @use_kv_cache.setter
+    def use_kv_cache(self, value: bool) -> None:
+        self.engine.use_kv_cache = bool(value)
+
+    @property
+    def merge_for_rollout(self) -> bool:
+        return self.engine.merge_for_rollout
+
+    @merge_for_rollout.setter
+    def merge_for_rollout(self, value: bool) -> None:
+        self.engine.merge_for_rollout = bool(value)
+
+    @property
+    def eval_chunk_size(self) -> int:
+        return self.engine.eval_chunk_size
+
+    @eval_chunk_size.setter
+    def eval_chunk_size(self, value: int) -> None:
+        self.engine.eval_chunk_size = int(value)
+
+    @property
+    def logit_memory_mb(self) -> float:
+        return self.engine.logit_memory_mb
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.engine.gradient_checkpointing
+
+    @property
+    def fast_paths(self) -> bool:
+        return self.engine.fast_paths
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -322,6 +358,7 @@ class _LoRACore:
         result = super()._apply(fn, recurse)  # type: ignore[misc]
         if "_watched" in self.__dict__:  # parameters may have been replaced, not moved in place
             self._watched = self._trainable_parameters()
+            self.engine.invalidate()
         return result
 
     def named_parameters(  # type: ignore[override]
@@ -388,6 +425,7 @@ class _LoRACore:
             eval_chunk_size=self.eval_chunk_size,
             logit_memory_mb=self.logit_memory_mb,
             gradient_checkpointing=self.gradient_checkpointing,
+            fast_paths=self.fast_paths,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
         )
@@ -400,113 +438,40 @@ class _LoRACore:
             self._weights_changed()
 
     def _weights_changed(self) -> None:
-        self._weights_version += 1
-        self._kv_caches.clear()
-        self._rollout_merge.clear()
+        self.engine.invalidate()
         self._watched = self._trainable_parameters()
 
-    def _fingerprint(self) -> Hashable:
-        """Changes whenever a trainable tensor is written or replaced (checked on every step).
-
-        The parameter list is collected once (walking the whole model each step cost 1% of a
-        rollout) and again whenever :meth:`_weights_changed` runs (``load_state_dict``, training).
-        """
-        return (
-            self._weights_version,
-            tuple((p.data_ptr(), p._version) for p in self._watched),
-        )
-
-    # ------------------------------------------------------------------ LM forwards
+    # ------------------------------------------------------------------ LM forwards (engine)
     def _obs_tokens(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
         # SB3's buffers and preprocess_obs hold Box observations as float32: exact for ids < 2**24.
         assert isinstance(obs, dict)
         ids = obs["input_ids"].to(self.device).round().long()  # type: ignore[attr-defined]
         mask = obs["attention_mask"].to(self.device).round().long()  # type: ignore[attr-defined]
-        return ids, mask
-
-    def _lm_call(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache: BufferCache | None,
-    ) -> LMCallResult:
-        """One incremental forward for the KV cache: outputs at each row's last fed token.
-
-        With ``cache=None`` it starts a fresh ``DynamicCache`` and returns its keys/values; with a
-        :class:`~rlhf_gym.agents.kv_cache.BufferCache` the model writes into it in place.
-        """
-        kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
-        if self._has_logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        with decode_attention(input_ids.device):
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=True,
-                output_hidden_states=True,
-                **kwargs,
-            )
-        logits = out.logits[:, -1].float()
-        hidden = out.hidden_states[-1][:, -1].float()
-        if cache is not None:
-            return LMCallResult(logits, hidden, None)
-        new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        layers = getattr(new_cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-            raise _CacheUnsupported(type(new_cache).__name__)
-        return LMCallResult(logits, hidden, [(layer.keys, layer.values) for layer in layers])
-
-    def _sequence_outputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits/hidden at each row's last valid token, one forward per prefix group.
-
-        For the callers that need whole ``[N, vocab]`` logits (``get_distribution``, rollouts
-        without the KV cache); scoring actions goes through :meth:`_grouped_scores` instead.
-        """
-        from rlhf_gym.agents.response_scoring import lm_head, project
-
-        hidden, order = self._grouped_hidden(input_ids, attention_mask)
-        inverse = torch.argsort(order)
-        head, softcap = lm_head(self.model)
-        return project(head, hidden, softcap)[inverse], hidden.float()[inverse]
+        return ids, mask  # [N, L] each
 
     def _last_outputs(
         self, obs: PyTorchObs, *, use_cache: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [N, vocab], hidden [N, hidden])`` at each observation's last token: a
+        rollout decode step without gradients, a full forward with them."""
         ids, mask = self._obs_tokens(obs)
         if torch.is_grad_enabled():
-            return self._sequence_outputs(ids, mask)
-        fingerprint = self._fingerprint()
-        if not self.merge_for_rollout:
-            return self._no_grad_outputs(ids, mask, fingerprint, use_cache)
-        self._rollout_merge.refresh(fingerprint)
-        with self._rollout_merge.active():
-            return self._no_grad_outputs(ids, mask, fingerprint, use_cache)
-
-    def _no_grad_outputs(
-        self, ids: torch.Tensor, mask: torch.Tensor, fingerprint: Hashable, use_cache: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if use_cache and self.use_kv_cache:
-            cache = self._kv_caches.setdefault(ids.shape[0], RolloutKVCache())
-            try:
-                return cache.step(self._lm_call, ids, mask, fingerprint)
-            except _CacheUnsupported as exc:
-                warnings.warn(
-                    f"{type(self.model.get_base_model()).__name__} returned a {exc} cache that the "
-                    "rollout KV cache cannot re-layout; falling back to full forwards "
-                    "(use_kv_cache=False).",
-                    stacklevel=2,
-                )
-                self.use_kv_cache = False
-                self._kv_caches.clear()
-        return self._sequence_outputs(ids, mask)
+            return self.engine.last_token_outputs(ids, mask)
+        return self.engine.decode(ids, mask, use_cache=use_cache)
 
     def kv_cache(self, batch_size: int) -> RolloutKVCache | None:
         """The rollout cache used for batches of ``batch_size`` observations (for tests/benchmarks)."""
-        return self._kv_caches.get(batch_size)
+        return self.engine.kv_cache(batch_size)
+
+    def _scores(
+        self, obs: PyTorchObs, actions: torch.Tensor, action_masks: Any, *, entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The engine's :meth:`~rlhf_gym.agents.engine.LMEngine.score_actions` of SB3 inputs."""
+        ids, mask = self._obs_tokens(obs)
+        masks = None
+        if action_masks is not None:  # numpy or tensor, one row per observation
+            masks = torch.as_tensor(action_masks, device=ids.device).reshape(ids.shape[0], -1)
+        return self.engine.score_actions(ids, mask, actions, masks, entropy=entropy)
 
     # ------------------------------------------------------------------ reference policy (KL)
     @torch.no_grad()
@@ -517,86 +482,9 @@ class _LoRACore:
         action_masks: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
         """``log pi_ref(a|s)`` under the base model: the same weights with the adapter disabled."""
-        with self.model.disable_adapter():
-            log_prob, _, _, order = self._grouped_scores(obs, actions, action_masks, entropy=False)
+        with self.engine.reference():
+            log_prob, _, _, order = self._scores(obs, actions, action_masks, entropy=False)
         return log_prob[torch.argsort(order)]
-
-    def _grouped_scores(
-        self, obs: PyTorchObs, actions: torch.Tensor, action_masks: Any, *, entropy: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """``(log_prob, entropy or None, hidden, order)`` of ``actions``, in group order.
-
-        One forward per sequence (:meth:`_grouped_hidden`), then the vocabulary projection of
-        the transitions' hidden states in chunks under ``logit_memory_mb``
-        (:func:`~rlhf_gym.agents.response_scoring.chunked_log_probs`): no pass materialises
-        ``[transitions, vocab]`` float32 logits, and duplicate transitions (a prompt drawn twice)
-        share a forward and cost one ``[hidden]`` row each.
-        """
-        from rlhf_gym.agents.response_scoring import chunked_log_probs, lm_head, tokens_per_chunk
-
-        ids, mask = self._obs_tokens(obs)
-        hidden, order = self._grouped_hidden(ids, mask)
-        masks = None if action_masks is None else _rows(action_masks, order, hidden.device)
-        actions = actions.to(hidden.device).long().flatten()[order]
-        head, softcap = lm_head(self.model)
-        log_prob, ent = chunked_log_probs(
-            head,
-            hidden,
-            actions,
-            chunk=tokens_per_chunk(int(head.weight.shape[0]), self.logit_memory_mb),
-            entropy=entropy,
-            softcap=softcap,
-            masks=None if masks is None else masks.bool(),
-            mask_rows=None if masks is None else torch.arange(len(actions), device=hidden.device),
-        )
-        return log_prob, ent, hidden.float(), order
-
-    @contextmanager
-    def _training_forward(self) -> Iterator[None]:
-        """Layers checkpoint only in train mode (transformers' rule); the LM otherwise stays in
-        eval mode (dropout is off either way), so a gradient pass switches it for its duration."""
-        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
-            yield
-            return
-        previous = self.model.training
-        self.model.train(True)
-        try:
-            yield
-        finally:
-            self.model.train(previous)
-
-    def _grouped_hidden(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(hidden [N, hidden], order [N])``: the LM head's input at each transition's last
-        token, ``hidden[j]`` belonging to transition ``order[j]``; one forward per prefix group
-        (:func:`~rlhf_gym.agents.sequence_eval.group_by_prefix`), no logits asked of the model."""
-        from rlhf_gym.agents.response_scoring import no_logits
-
-        groups = group_by_prefix(input_ids, attention_mask)
-        n_groups = len(groups.representatives)
-        order_parts: list[torch.Tensor] = []
-        hidden_parts: list[torch.Tensor] = []
-        for start in range(0, n_groups, self.eval_chunk_size):
-            stop = min(n_groups, start + self.eval_chunk_size)
-            rows = groups.representatives[start:stop]
-            members = ((groups.group >= start) & (groups.group < stop)).nonzero().flatten()
-            local = groups.group[members] - start
-            pos = groups.lengths[members] - 1
-            width = int(groups.lengths[rows].max())
-            ids = input_ids[rows, :width]
-            with self._training_forward():
-                out = self.model(
-                    input_ids=ids,
-                    attention_mask=attention_mask[rows, :width],
-                    position_ids=torch.arange(width, device=ids.device).expand(len(rows), width),
-                    use_cache=False,
-                    output_hidden_states=True,
-                    **no_logits(self.model, ids.device),
-                )
-            order_parts.append(members)
-            hidden_parts.append(out.hidden_states[-1][local, pos])  # [n, hidden]
-        return torch.cat(hidden_parts), torch.cat(order_parts)
 
     # ------------------------------------------------------------------ whole responses
     def score_responses(
@@ -612,10 +500,9 @@ class _LoRACore:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs of whole responses, one forward per sequence (group algorithms).
 
-        Sequences go through the model ``eval_chunk_size`` at a time; within a forward the
-        vocabulary projection stays under ``logit_memory_mb``
-        (:func:`~rlhf_gym.agents.response_scoring.score_responses`). ``reference=True`` scores
-        under the base model (the adapter disabled, no gradients): the KL reference.
+        The engine's :meth:`~rlhf_gym.agents.engine.LMEngine.score_responses` on this policy's
+        device. ``reference=True`` scores under the base model (the adapter disabled, no
+        gradients): the KL reference.
 
         :param input_ids: ``[B, W]`` right-padded ``prompt + response`` ids.
         :param attention_mask: ``[B, W]``.
@@ -624,41 +511,19 @@ class _LoRACore:
             sequence), or None.
         :return: ``([B, T] log-probs, [B, T] entropies or None)``, T = the longest response.
         """
-        from rlhf_gym.agents.response_scoring import score_responses
-
         ids = input_ids.to(self.device).long()
         mask = attention_mask.to(self.device).long()
-        prompt_lens = prompt_lens.to(self.device).long()
-        response_lens = response_lens.to(self.device).long()
-        longest = int(response_lens.max())
-        parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        context = self.model.disable_adapter() if reference else nullcontext()
+        context = self.engine.reference() if reference else nullcontext()
         grad = torch.no_grad() if reference else nullcontext()
-        with context, grad, self._training_forward():
-            for start in range(0, ids.shape[0], self.eval_chunk_size):
-                rows = slice(start, start + self.eval_chunk_size)
-                width = int((prompt_lens[rows] + response_lens[rows]).max())
-                lp, ent = score_responses(
-                    self.model,
-                    ids[rows, :width],
-                    mask[rows, :width],
-                    prompt_lens[rows],
-                    response_lens[rows],
-                    budget_mb=self.logit_memory_mb,
-                    entropy=entropy,
-                    action_masks=None if action_masks is None else action_masks[rows],
-                )
-                pad = longest - lp.shape[1]
-                parts.append(
-                    (
-                        torch.nn.functional.pad(lp, (0, pad)),
-                        None if ent is None else torch.nn.functional.pad(ent, (0, pad)),
-                    )
-                )
-        log_prob = torch.cat([p[0] for p in parts])
-        if not entropy:
-            return log_prob, None
-        return log_prob, torch.cat([p[1] for p in parts])  # type: ignore[misc]
+        with context, grad:
+            return self.engine.score_responses(
+                ids,
+                mask,
+                prompt_lens.to(self.device).long(),
+                response_lens.to(self.device).long(),
+                entropy=entropy,
+                action_masks=action_masks,
+            )
 
     # ------------------------------------------------------------------ distributions
     def _distribution(self, logits: torch.Tensor, action_masks: Any = None) -> Any:
@@ -725,9 +590,9 @@ class _LoRACore:
         """``evaluate_actions``: values, log-probs and (if wanted) entropies, in input order.
 
         The scores are computed in group order and only the per-transition results are
-        permuted back (see :meth:`_grouped_scores`).
+        permuted back (see :meth:`rlhf_gym.agents.engine.LMEngine.score_actions`).
         """
-        log_prob, entropy, hidden, order = self._grouped_scores(
+        log_prob, entropy, hidden, order = self._scores(
             obs, actions, action_masks, entropy=self._compute_entropy
         )
         inverse = torch.argsort(order)
@@ -765,16 +630,6 @@ def record_model_by_path(policy_kwargs: dict[str, Any], policy: Any) -> dict[str
     if "model" in policy_kwargs and hasattr(policy, "model_name_or_path"):
         return {**policy_kwargs, "model": policy.model_name_or_path}
     return policy_kwargs
-
-
-def _rows(x: Any, order: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Rows ``order`` of a per-transition array (action masks come as numpy or tensors)."""
-    tensor = torch.as_tensor(x, device=device)
-    return tensor.reshape(order.shape[0], -1)[order]
-
-
-class _CacheUnsupported(RuntimeError):
-    """The model's cache is not a plain DynamicCache; the rollout cache cannot re-layout it."""
 
 
 class LoRAPolicy(_LoRACore, ActorCriticPolicy):

@@ -76,7 +76,7 @@ def main() -> None:
         kv_cache.BufferLayer.update = (
             contiguous_update if name == "contiguous_kv" else original_update
         )
-        cache = policy._kv_caches.get(args.num_envs)
+        cache = policy.kv_cache(args.num_envs)
         width = cache.width if cache is not None else 0
         synchronize(args.device)
         start = time.perf_counter()

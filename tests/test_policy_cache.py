@@ -198,7 +198,7 @@ def test_every_cached_decode_call_runs_under_decode_attention(
     """The prefill and each one-token extend pick their kernels through ``decode_attention``."""
     import contextlib
 
-    from rlhf_gym.agents import policy as policy_module
+    from rlhf_gym.agents import engine as policy_module
 
     n_envs = 2
     env = make_env(tiny_tokenizer_dir, num_envs=n_envs, max_new_tokens=4)

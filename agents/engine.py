@@ -1,0 +1,341 @@
+"""The LM engine: every forward of the policy's language model, behind one small typed API.
+
+The SB3 policies (:mod:`rlhf_gym.agents.policy`) turn observations into tensors, add the value
+head and hand actions to SB3; everything that runs the causal LM is here:
+
+- :meth:`LMEngine.decode`: the next-token logits and last hidden state of a batch of sequences
+  that grew by one token since the last call (a rollout step), through the per-batch KV cache
+  (:mod:`rlhf_gym.agents.kv_cache`) and merged adapter weights
+  (:class:`~rlhf_gym.agents.fused.RolloutMerge`); no gradients;
+- :meth:`LMEngine.last_token_outputs`, :meth:`LMEngine.score_actions`: the outputs at each
+  sequence's last token, one forward per shared prefix
+  (:mod:`rlhf_gym.agents.sequence_eval`), with or without gradients (training passes);
+- :meth:`LMEngine.score_responses`: per-token log-probs of whole responses (group algorithms);
+- :meth:`LMEngine.reference`: a context in which every call scores under the base model (the
+  adapter disabled: the KL reference, no second copy of the weights);
+- :meth:`LMEngine.invalidate`: the trainable weights changed (an update, a load): caches and
+  merged copies are dropped. The engine also notices in-place writes by itself, through a
+  fingerprint of the trainable tensors checked on every decode step.
+
+Same-function fast paths, all behind ``fast_paths`` (one switch, on by default; off gives
+peft's and transformers' plain forwards, for checking a result or a new architecture): the KV
+cache, merged rollout weights, and, applied when the policy builds the model, the fused LoRA
+forward and fused activations (:mod:`rlhf_gym.agents.fused`). ``use_kv_cache`` and
+``merge_for_rollout`` turn single ones off.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from rlhf_gym.agents.fused import RolloutMerge
+from rlhf_gym.agents.kv_cache import BufferCache, LMCallResult, RolloutKVCache, decode_attention
+from rlhf_gym.agents.response_scoring import (
+    chunked_log_probs,
+    lm_head,
+    no_logits,
+    project,
+    tokens_per_chunk,
+)
+from rlhf_gym.agents.response_scoring import score_responses as _score_responses
+from rlhf_gym.agents.sequence_eval import group_by_prefix
+
+
+class CacheUnsupported(RuntimeError):
+    """The model's cache is not a plain DynamicCache; the rollout cache cannot re-layout it."""
+
+
+class LMEngine:
+    """Runs a peft-wrapped causal LM for a policy (module docstring).
+
+    :param model: the LoRA-adapted model (``peft.PeftModel``); the engine never copies it.
+    :param fast_paths: the same-function fast paths (KV cache, merged rollout weights); off:
+        plain full forwards.
+    :param use_kv_cache, merge_for_rollout: each fast path alone.
+    :param eval_chunk_size: sequences per forward in scoring passes.
+    :param logit_memory_mb: budget of one ``[tokens, vocab]`` float32 block of logits.
+    :param gradient_checkpointing: the model checkpoints its layers in gradient passes.
+    """
+
+    def __init__(
+        self,
+        model: PeftModel,
+        *,
+        fast_paths: bool = True,
+        use_kv_cache: bool = True,
+        merge_for_rollout: bool = True,
+        eval_chunk_size: int = 64,
+        logit_memory_mb: float = 256.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        if logit_memory_mb <= 0:
+            raise ValueError(f"logit_memory_mb must be > 0, got {logit_memory_mb}")
+        self.model = model
+        self.fast_paths = bool(fast_paths)
+        self.use_kv_cache = bool(use_kv_cache)
+        self.merge_for_rollout = bool(merge_for_rollout)
+        self.eval_chunk_size = int(eval_chunk_size)
+        self.logit_memory_mb = float(logit_memory_mb)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        forward_params = inspect.signature(model.get_base_model().forward).parameters
+        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
+        self._has_logits_to_keep = "logits_to_keep" in forward_params
+        self._kv_caches: dict[int, RolloutKVCache] = {}
+        self._rollout_merge = RolloutMerge(model)
+        self._version = 0
+        self._trainable: list[nn.Parameter] = self._trainable_parameters()
+
+    # ------------------------------------------------------------------ weights
+    def _trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def invalidate(self) -> None:
+        """The trainable weights changed or moved: drop KV caches and merged copies."""
+        self._version += 1
+        self._kv_caches.clear()
+        self._rollout_merge.clear()
+        self._trainable = self._trainable_parameters()
+
+    def _fingerprint(self) -> Hashable:
+        """Changes whenever a trainable tensor is written or replaced (checked on every step).
+
+        The parameter list is collected once (walking the whole model each step cost 1% of a
+        rollout) and again whenever :meth:`invalidate` runs.
+        """
+        return (self._version, tuple((p.data_ptr(), p._version) for p in self._trainable))
+
+    def kv_cache(self, batch_size: int) -> RolloutKVCache | None:
+        """The rollout cache of batches of ``batch_size`` sequences (for tests/benchmarks)."""
+        return self._kv_caches.get(batch_size)
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """Inside the block every call runs the base model: the adapter is disabled."""
+        with self.model.disable_adapter():
+            yield
+
+    # ------------------------------------------------------------------ rollout decoding
+    def decode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, use_cache: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [N, vocab], hidden [N, hidden])`` at each row's last valid token, no grad.
+
+        :param input_ids: ``[N, L]`` the sequences so far (left-aligned, padded right).
+        :param attention_mask: ``[N, L]``.
+        :param use_cache: step the batch's KV cache (a rollout step: each row grew by at most
+            one token since the last call); False: full forwards (e.g. ``get_distribution``).
+        """
+        with torch.no_grad():
+            if not (self.fast_paths and self.merge_for_rollout):
+                return self._decode(input_ids, attention_mask, use_cache)
+            fingerprint = self._fingerprint()
+            self._rollout_merge.refresh(fingerprint)
+            with self._rollout_merge.active():
+                return self._decode(input_ids, attention_mask, use_cache, fingerprint)
+
+    def _decode(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        use_cache: bool,
+        fingerprint: Hashable | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if use_cache and self.fast_paths and self.use_kv_cache:
+            cache = self._kv_caches.setdefault(ids.shape[0], RolloutKVCache())
+            key = self._fingerprint() if fingerprint is None else fingerprint
+            try:
+                return cache.step(self._lm_call, ids, mask, key)
+            except CacheUnsupported as exc:
+                warnings.warn(
+                    f"{type(self.model.get_base_model()).__name__} returned a {exc} cache that the "
+                    "rollout KV cache cannot re-layout; falling back to full forwards "
+                    "(use_kv_cache=False).",
+                    stacklevel=3,
+                )
+                self.use_kv_cache = False
+                self._kv_caches.clear()
+        return self.last_token_outputs(ids, mask)
+
+    def _lm_call(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: BufferCache | None,
+    ) -> LMCallResult:
+        """One incremental forward for the KV cache: outputs at each row's last fed token.
+
+        With ``cache=None`` it starts a fresh ``DynamicCache`` and returns its keys/values; with a
+        :class:`~rlhf_gym.agents.kv_cache.BufferCache` the model writes into it in place.
+        """
+        kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
+        if self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        with decode_attention(input_ids.device):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                output_hidden_states=True,
+                **kwargs,
+            )
+        logits = out.logits[:, -1].float()  # [N, vocab]
+        hidden = out.hidden_states[-1][:, -1].float()  # [N, hidden]
+        if cache is not None:
+            return LMCallResult(logits, hidden, None)
+        new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        layers = getattr(new_cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            raise CacheUnsupported(type(new_cache).__name__)
+        return LMCallResult(logits, hidden, [(layer.keys, layer.values) for layer in layers])
+
+    # ------------------------------------------------------------------ scoring passes
+    def last_token_outputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [N, vocab], hidden [N, hidden])`` at each row's last valid token, one
+        forward per prefix group, with gradients when enabled (whole ``[N, vocab]`` logits:
+        scoring actions goes through :meth:`score_actions` instead)."""
+        hidden, order = self.hidden_at_last(input_ids, attention_mask)
+        inverse = torch.argsort(order)
+        head, softcap = lm_head(self.model)
+        return project(head, hidden, softcap)[inverse], hidden.float()[inverse]
+
+    def hidden_at_last(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden [N, hidden], order [N])``: the LM head's input at each row's last token,
+        ``hidden[j]`` belonging to row ``order[j]``; one forward per prefix group
+        (:func:`~rlhf_gym.agents.sequence_eval.group_by_prefix`), no logits asked of the model."""
+        groups = group_by_prefix(input_ids, attention_mask)
+        n_groups = len(groups.representatives)
+        order_parts: list[torch.Tensor] = []
+        hidden_parts: list[torch.Tensor] = []
+        for start in range(0, n_groups, self.eval_chunk_size):
+            stop = min(n_groups, start + self.eval_chunk_size)
+            rows = groups.representatives[start:stop]
+            members = ((groups.group >= start) & (groups.group < stop)).nonzero().flatten()
+            local = groups.group[members] - start
+            pos = groups.lengths[members] - 1
+            width = int(groups.lengths[rows].max())
+            ids = input_ids[rows, :width]  # [g, width]
+            with self._training_forward():
+                out = self.model(
+                    input_ids=ids,
+                    attention_mask=attention_mask[rows, :width],
+                    position_ids=torch.arange(width, device=ids.device).expand(len(rows), width),
+                    use_cache=False,
+                    output_hidden_states=True,
+                    **no_logits(self.model, ids.device),
+                )
+            order_parts.append(members)
+            hidden_parts.append(out.hidden_states[-1][local, pos])  # [n, hidden]
+        return torch.cat(hidden_parts), torch.cat(order_parts)
+
+    def score_actions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        actions: torch.Tensor,
+        action_masks: torch.Tensor | None,
+        *,
+        entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``(log_prob [N], entropy [N] or None, hidden [N, hidden], order [N])`` of ``actions``
+        after each row, in group order (row ``order[j]`` is result ``j``).
+
+        One forward per sequence (:meth:`hidden_at_last`), then the vocabulary projection in
+        chunks under ``logit_memory_mb``: no pass materialises ``[N, vocab]`` float32 logits,
+        and duplicate rows (a prompt drawn twice) share a forward.
+
+        :param action_masks: ``[N, vocab]`` allowed tokens per row (input order), or None.
+        """
+        hidden, order = self.hidden_at_last(input_ids, attention_mask)
+        masks = None if action_masks is None else action_masks.to(hidden.device)[order]
+        actions = actions.to(hidden.device).long().flatten()[order]
+        head, softcap = lm_head(self.model)
+        log_prob, ent = chunked_log_probs(
+            head,
+            hidden,
+            actions,
+            chunk=tokens_per_chunk(int(head.weight.shape[0]), self.logit_memory_mb),
+            entropy=entropy,
+            softcap=softcap,
+            masks=None if masks is None else masks.bool(),
+            mask_rows=None if masks is None else torch.arange(len(actions), device=hidden.device),
+        )
+        return log_prob, ent, hidden.float(), order
+
+    def score_responses(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_lens: torch.Tensor,
+        response_lens: torch.Tensor,
+        *,
+        entropy: bool = False,
+        action_masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs ``[B, T]`` (and entropies) of whole responses, T the longest.
+
+        Sequences go through the model ``eval_chunk_size`` at a time; within a forward the
+        vocabulary projection stays under ``logit_memory_mb``
+        (:func:`~rlhf_gym.agents.response_scoring.score_responses`).
+
+        :param input_ids: ``[B, W]`` right-padded ``prompt + response`` ids.
+        :param attention_mask: ``[B, W]``.
+        :param prompt_lens: ``[B]``; :param response_lens: ``[B]`` (each at least 1).
+        :param action_masks: ``[B, vocab]`` bool, the tokens each row may emit, or None.
+        """
+        longest = int(response_lens.max())
+        parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        with self._training_forward():
+            for start in range(0, input_ids.shape[0], self.eval_chunk_size):
+                rows = slice(start, start + self.eval_chunk_size)
+                width = int((prompt_lens[rows] + response_lens[rows]).max())
+                lp, ent = _score_responses(
+                    self.model,
+                    input_ids[rows, :width],
+                    attention_mask[rows, :width],
+                    prompt_lens[rows],
+                    response_lens[rows],
+                    budget_mb=self.logit_memory_mb,
+                    entropy=entropy,
+                    action_masks=None if action_masks is None else action_masks[rows],
+                )
+                pad = longest - lp.shape[1]
+                parts.append(
+                    (
+                        torch.nn.functional.pad(lp, (0, pad)),
+                        None if ent is None else torch.nn.functional.pad(ent, (0, pad)),
+                    )
+                )
+        log_prob = torch.cat([p[0] for p in parts])
+        if not entropy:
+            return log_prob, None
+        return log_prob, torch.cat([p[1] for p in parts])  # type: ignore[misc]
+
+    @contextmanager
+    def _training_forward(self) -> Iterator[None]:
+        """Layers checkpoint only in train mode (transformers' rule); the LM otherwise stays in
+        eval mode (dropout is off either way), so a gradient pass switches it for its duration."""
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            yield
+            return
+        previous = self.model.training
+        self.model.train(True)
+        try:
+            yield
+        finally:
+            self.model.train(previous)
