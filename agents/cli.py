@@ -239,7 +239,8 @@ def _print_train_report(result: Any) -> None:
 
 def _load_policy_model(adapter: str | None, model: str | None) -> Any:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+
+    from rlhf_gym.agents.lora import load_causal_lm
 
     base = model
     if base is None and adapter is not None:
@@ -250,7 +251,7 @@ def _load_policy_model(adapter: str | None, model: str | None) -> Any:
         from rlhf_gym.envs import default_task
 
         base = str(default_task.policy_path())
-    lm = AutoModelForCausalLM.from_pretrained(base)
+    lm, _ = load_causal_lm(base, attn_implementation=None)  # the one causal-LM loader
     if adapter is not None:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise FileNotFoundError(

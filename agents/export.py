@@ -65,7 +65,7 @@ def export_merged(
 def _resolve_tokenizer(tokenizer: Any, model_path: str | None) -> Any:
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
-    from transformers import AutoTokenizer
+    from rlhf_gym.rewards.loading import load_tokenizer
 
     source = tokenizer if tokenizer is not None else model_path
     if source is None:
@@ -78,4 +78,4 @@ def _resolve_tokenizer(tokenizer: Any, model_path: str | None) -> Any:
         )
     ):
         return None
-    return AutoTokenizer.from_pretrained(source)
+    return load_tokenizer(source)

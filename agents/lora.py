@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from rlhf_gym.agents.fused import fuse_lora_forward
+from rlhf_gym.rewards.loading import resolve_dtype
 
 #: LoRA defaults used when ``lora`` is ``None`` or a partial dict. ``target_modules=None`` lets
 #: peft pick the attention projections it knows for the architecture (e.g. ``c_attn`` for GPT-2).
@@ -36,18 +37,6 @@ _CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 def _is_causal_lm_class_name(name: str) -> bool:
     return name in _CAUSAL_LM_CLASSES or name.endswith(("ForCausalLM", "LMHeadModel"))
-
-
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """Accept ``torch.float32``, ``"float32"``, ``"bf16"``... so configs and CLI flags can be strings."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
-    name = aliases.get(str(dtype), str(dtype)).removeprefix("torch.")
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'.")
-    return value
 
 
 def load_causal_lm(

@@ -111,7 +111,9 @@ class Task:
             raise ValueError(
                 f"max_prompt_tokens and max_new_tokens must be >= 1, got {max_prompt_tokens} and {max_new_tokens}"
             )
-        tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code, require_eos=stop_on_eos)
+        tok = load_tokenizer(
+            tokenizer, trust_remote_code=trust_remote_code, require_eos=stop_on_eos
+        )
         eos_ids = eos_token_ids_of(tok, tokenizer, eos_token_ids)
         pad_id = int(tok.pad_token_id)
         stops = tuple(stop_strings or ())

@@ -33,6 +33,8 @@ from typing import Any, Literal
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from rlhf_gym.rewards.loading import read_jsonl
+
 Truncation = Literal["left", "error"]
 Sampling = Literal["epoch", "uniform"]
 Split = Literal["train", "eval", "all"]
@@ -153,19 +155,8 @@ def _read_file(path: Path) -> list[_Record]:
 
 
 def _read_jsonl(path: Path) -> Iterator[_Record]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{where}: malformed JSON ({err.msg} at column {err.colno}). Each line of a "
-                    'JSONL file must be one JSON object, e.g. {"prompt": "..."}.'
-                ) from err
-            yield _Record(_as_dict(row, where), where)
+    for where, row in read_jsonl(path, example='{"prompt": "..."}'):
+        yield _Record(_as_dict(row, where), where)
 
 
 def _read_json(path: Path) -> list[_Record]:

@@ -9,26 +9,14 @@ from typing import Any, SupportsInt
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.error import InvalidAction, ResetNeeded
 from transformers import PreTrainedTokenizerBase
 
-from rlhf_gym.envs.episode_end import eos_token_ids as eos_token_ids_of
-from rlhf_gym.envs.episode_end import stop_string_cut
-from rlhf_gym.envs.prompts import (
-    PromptDataset,
-    PromptRow,
-    PromptSampler,
-    Sampling,
-    Split,
-    Truncation,
-    resolve_split,
-    reward_kwargs,
-)
-from rlhf_gym.envs.reward_bounds import DEFAULT_REWARD_BOUND, RewardBound
-from rlhf_gym.envs.tokenizer import load_tokenizer
-from rlhf_gym.rewards import CompositeReward, RewardOutput, resolve_reward
+from rlhf_gym.envs.episodes import EpisodeBatch, Obs, Task, check_token
+from rlhf_gym.envs.prompts import PromptRow, PromptSampler, Sampling, Split, Truncation
+from rlhf_gym.envs.reward_bounds import DEFAULT_REWARD_BOUND
+from rlhf_gym.rewards import RewardOutput
 
-Obs = dict[str, np.ndarray]
+__all__ = ["Obs", "TextGenerationEnv"]
 
 
 class TextGenerationEnv(gym.Env[Obs, np.int64]):
@@ -113,6 +101,10 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
     * ``banned_tokens``, ``allowed_tokens``: ids or token strings for :meth:`action_masks`.
     * ``trust_remote_code``: passed to ``from_pretrained`` (off by default).
     * ``render_mode``: ``None`` or ``"ansi"``.
+    * ``task``: a :class:`~rlhf_gym.envs.episodes.Task` already built (the arguments above are
+      then not used); ``episodes``, ``index``: run as row ``index`` of a shared
+      :class:`~rlhf_gym.envs.episodes.EpisodeBatch` (the vector env's sub-envs). Alone, the env
+      is a batch of one.
 
     ## Version History
 
@@ -158,81 +150,67 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         reward_bound: float | None = DEFAULT_REWARD_BOUND,
         reward_clip: bool = False,
         render_mode: str | None = None,
+        task: Task | None = None,
+        episodes: EpisodeBatch | None = None,
+        index: int = 0,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
-        tokenizer, prompts, reward, max_prompt_tokens, max_new_tokens, split = _fill_defaults(
-            tokenizer, prompts, reward, max_prompt_tokens, max_new_tokens, split
-        )
-        if max_prompt_tokens < 1 or max_new_tokens < 1:
-            raise ValueError(
-                f"max_prompt_tokens and max_new_tokens must be >= 1, got {max_prompt_tokens} and {max_new_tokens}"
+        if task is None:
+            task = Task.build(
+                tokenizer,
+                prompts,
+                reward,
+                max_prompt_tokens=max_prompt_tokens,
+                max_new_tokens=max_new_tokens,
+                prompt_column=prompt_column,
+                messages_column=messages_column,
+                chat_template=chat_template,
+                system_prompt=system_prompt,
+                truncation=truncation,
+                split=split,
+                eval_fraction=eval_fraction,
+                split_seed=split_seed,
+                shard=shard,
+                sampling=sampling,
+                stop_on_eos=stop_on_eos,
+                eos_token_ids=eos_token_ids,
+                stop_strings=stop_strings,
+                vocab_size=vocab_size,
+                banned_tokens=banned_tokens,
+                allowed_tokens=allowed_tokens,
+                trust_remote_code=trust_remote_code,
+                trust_reward_factories=trust_reward_factories,
+                reward_bound=reward_bound,
+                reward_clip=reward_clip,
             )
-        self.max_prompt_tokens = int(max_prompt_tokens)
-        self.max_new_tokens = int(max_new_tokens)
-        self.seq_len = self.max_prompt_tokens + self.max_new_tokens
-
-        self.tokenizer = load_tokenizer(
-            tokenizer, trust_remote_code=trust_remote_code, require_eos=stop_on_eos
-        )
-        self.eos_token_id: int | None = self.tokenizer.eos_token_id
-        #: Every id that ends a response (see :mod:`rlhf_gym.envs.episode_end`).
-        self.eos_token_ids: frozenset[int] = eos_token_ids_of(
-            self.tokenizer, tokenizer, eos_token_ids
-        )
-        self.pad_token_id: int = int(self.tokenizer.pad_token_id)
-        self.stop_on_eos = stop_on_eos
-        self.stop_strings = tuple(stop_strings or ())
-        if any(not s for s in self.stop_strings):
-            raise ValueError("stop_strings must be non-empty strings")
-
-        self.vocab_size = int(vocab_size) if vocab_size is not None else len(self.tokenizer)
-        if self.vocab_size <= max(self.pad_token_id, *self.eos_token_ids, 0):
-            raise ValueError(
-                f"vocab_size={self.vocab_size} does not cover the pad/EOS ids of the tokenizer "
-                f"({self.pad_token_id}/{sorted(self.eos_token_ids)})"
-            )
-
-        compiled = PromptDataset.from_source(
-            prompts,
-            self.tokenizer,
-            max_prompt_tokens=self.max_prompt_tokens,
-            prompt_column=prompt_column,
-            messages_column=messages_column,
-            chat_template=chat_template,
-            truncation=truncation,
-            system_prompt=system_prompt,
-        )
-        longest = max(len(row.input_ids) for row in compiled)
-        if longest > self.max_prompt_tokens:
-            raise ValueError(
-                f"the given PromptDataset holds prompts of {longest} tokens, more than "
-                f"max_prompt_tokens={self.max_prompt_tokens}; compile it with the same limit"
-            )
-        self.dataset = resolve_split(compiled, split, eval_fraction, split_seed)
-        if shard is not None:
-            self.dataset = self.dataset.shard(*shard)
-        self.reward_fn: CompositeReward = resolve_reward(
-            reward, trust_import_factories=trust_reward_factories
-        )
-        self.reward_bound = RewardBound(reward_bound, reward_clip)
+        self.task = task
+        if episodes is None:
+            episodes, index = EpisodeBatch(task, 1), 0
+        #: The batch this env's episode lives in, at row ``index`` (a batch of one when alone).
+        self.episodes, self.index = episodes, int(index)
+        # The task's parts under the names env users know.
+        self.tokenizer = task.tokenizer
+        self.dataset = task.dataset
+        self.reward_fn = task.reward_fn
+        self.reward_bound = task.reward_bound
+        self.max_prompt_tokens = task.max_prompt_tokens
+        self.max_new_tokens = task.max_new_tokens
+        self.seq_len = task.seq_len
+        self.eos_token_id: int | None = task.tokenizer.eos_token_id
+        self.eos_token_ids: frozenset[int] = task.eos_token_ids
+        self.pad_token_id: int = task.pad_token_id
+        self.stop_on_eos = task.stop_on_eos
+        self.stop_strings = task.stop_strings
+        self.vocab_size = task.vocab_size
 
         self.action_space = spaces.Discrete(self.vocab_size)
         token_box = spaces.Box(0, self.vocab_size - 1, shape=(self.seq_len,), dtype=np.int64)
         mask_box = spaces.Box(0, 1, shape=(self.seq_len,), dtype=np.int64)
         self.observation_space = spaces.Dict({"input_ids": token_box, "attention_mask": mask_box})
-        self._action_mask = self._build_action_mask(banned_tokens, allowed_tokens)
-
-        self._sampler = PromptSampler(len(self.dataset), sampling)
-        self._ids = np.full(self.seq_len, self.pad_token_id, dtype=np.int64)
-        self._mask = np.zeros(self.seq_len, dtype=np.int64)
-        self._row: PromptRow | None = None
-        self._prompt_len = 0
-        self._n_new = 0
-        self._done = True
-        self._finish_reason: str | None = None
-        self._response_text = ""
+        self._sampler = PromptSampler(len(self.dataset), task.sampling)
+        self._rows = np.array([self.index])  # [1]: this env's row, for the batch's operations
 
     # ----------------------------------------------------------------------------------------
     # Gymnasium API
@@ -252,7 +230,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
                 )
         else:
             index = self._sampler.draw(self.np_random)
-        self._start(self.dataset[index])
+        self.episodes.start(self.index, self.dataset[index])
         return self.observation(), {"prompt_index": index}
 
     def step(
@@ -261,7 +239,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         terminated, truncated = self.advance(action)
         if not (terminated or truncated):
             return self.observation(), 0.0, False, False, {}
-        batch = self.reward_kwargs([self])
+        batch = self.episodes.reward_kwargs(self._rows)
         output = self.reward_fn(**batch)
         return (
             self.observation(),
@@ -277,30 +255,14 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         return {
             "rng": self.np_random.bit_generator.state,
             "sampler": self._sampler.state_dict(),
-            "prompt_index": None if self._row is None else int(self._row.index),
-            "response": self.response_ids.tolist(),
-            "done": bool(self._done),
-            "finish_reason": self._finish_reason,
-            "response_text": self._response_text,
+            **self.episodes.state_dict(self.index),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: the same prompt stream and the same episode in flight."""
         self.np_random.bit_generator.state = state["rng"]
         self._sampler.load_state_dict(state["sampler"])
-        if state["prompt_index"] is None:
-            self._row, self._done = None, True
-            return
-        index = int(state["prompt_index"])  # the row's own index (rows of a split keep theirs)
-        self._start(next(row for row in self.dataset if row.index == index))
-        response = [int(t) for t in state["response"]]
-        start = self._prompt_len
-        self._ids[start : start + len(response)] = response
-        self._mask[start : start + len(response)] = 1
-        self._n_new = len(response)
-        self._done = bool(state["done"])
-        self._finish_reason = state["finish_reason"]
-        self._response_text = state["response_text"]
+        self.episodes.load_state_dict(self.index, state)
 
     def draw_prompt_index(self) -> int:
         """Draw the next prompt index from this env's seeded sampler without starting an episode.
@@ -313,203 +275,64 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        prompt = self._row.text if self._row is not None else ""
+        row = self.row
+        prompt = row.text if row is not None else ""
         return f"{prompt}\u2502{self.response_text}"
 
     def action_masks(self) -> np.ndarray:
         """Allowed next tokens, a boolean vector of length ``vocab`` (for sb3-contrib MaskablePPO)."""
-        return self._action_mask.copy()
+        return self.task.action_mask.copy()
 
     # ----------------------------------------------------------------------------------------
-    # Episode mechanics, split into advance / score / finish so the vector env can score many
-    # finished episodes with one reward call.
+    # The episode: row ``index`` of :attr:`episodes` (see :mod:`rlhf_gym.envs.episodes`).
+
+    def advance(self, action: SupportsInt | np.ndarray) -> tuple[bool, bool]:
+        """Append one token; return (terminated, truncated). Does not score (``step`` does)."""
+        token = check_token(action, self.vocab_size)
+        terminated, truncated = self.episodes.advance(self._rows, np.array([token]))
+        return bool(terminated[0]), bool(truncated[0])
+
+    def final_info(self, output: RewardOutput, i: int) -> dict[str, Any]:
+        """The finished episode's ``info``, its reward components row ``i`` of ``output``."""
+        return self.episodes.final_info(self.index, output, i)
 
     @property
     def response_ids(self) -> np.ndarray:
-        return self._ids[self._prompt_len : self._prompt_len + self._n_new]
+        return self.episodes.response_ids(self.index)
 
     @property
     def response_text(self) -> str:
-        if self._finish_reason == "stop":
-            return self._response_text
-        return self.tokenizer.decode(self.response_ids, skip_special_tokens=True)
-
-    def _start(self, row: PromptRow) -> None:
-        self._row = row
-        self._prompt_len = len(row.input_ids)
-        self._ids.fill(self.pad_token_id)
-        self._mask.fill(0)
-        self._ids[: self._prompt_len] = row.input_ids
-        self._mask[: self._prompt_len] = 1
-        self._n_new = 0
-        self._done = False
-        self._finish_reason = None
-        self._response_text = ""
-
-    def advance(self, action: SupportsInt | np.ndarray) -> tuple[bool, bool]:
-        """Append one token; return (terminated, truncated). Does not score: the vector env
-        scores every episode that ended in a step with one reward call (:meth:`reward_kwargs`)."""
-        if self._done:
-            raise ResetNeeded("step() was called after the episode ended; call reset() first")
-        token = self._check_action(action)
-        pos = self._prompt_len + self._n_new
-        self._ids[pos] = token
-        self._mask[pos] = 1
-        self._n_new += 1
-        terminated = False
-        if self.stop_on_eos and token in self.eos_token_ids:
-            terminated, self._finish_reason = True, "eos"
-        elif self.stop_strings and self._hit_stop_string():
-            terminated, self._finish_reason = True, "stop"
-        truncated = not terminated and self._n_new >= self.max_new_tokens
-        if truncated:
-            self._finish_reason = "length"
-        self._done = terminated or truncated
-        return terminated, truncated
-
-    def _check_action(self, action: SupportsInt | np.ndarray) -> int:
-        try:
-            arr = np.asarray(action)
-            if arr.size != 1 or not np.issubdtype(arr.dtype, np.integer):
-                raise TypeError
-            token = int(arr.reshape(()))
-        except (TypeError, ValueError):
-            raise InvalidAction(
-                f"action must be one integer token id in [0, {self.vocab_size}), got {action!r}"
-            ) from None
-        if not 0 <= token < self.vocab_size:
-            raise InvalidAction(
-                f"action {token} is outside the action space Discrete({self.vocab_size})"
-            )
-        return token
-
-    def _hit_stop_string(self) -> bool:
-        text = self.tokenizer.decode(self.response_ids, skip_special_tokens=True)
-        cut = stop_string_cut(text, self.stop_strings)
-        if cut < 0:
-            return False
-        self._response_text = text[:cut]
-        return True
-
-    @staticmethod
-    def reward_kwargs(envs: Sequence[TextGenerationEnv]) -> dict[str, Any]:
-        """Keyword arguments of one reward call for the finished episodes of ``envs``."""
-        rows = [env._row for env in envs]
-        assert all(row is not None for row in rows)
-        return reward_kwargs(
-            rows,  # type: ignore[arg-type]
-            [env.response_text for env in envs],
-            [env.response_ids.tolist() for env in envs],
-            envs[0].dataset.extra_columns,
-        )
-
-    def final_info(self, output: RewardOutput, i: int) -> dict[str, Any]:
-        """The finished episode's ``info``: its prompt, response, reward components (row ``i``
-        of ``output``, the reward call it was scored in), finish reason and prompt index."""
-        assert self._row is not None
-        return {
-            "prompt": self._row.text,
-            "response": self.response_text,
-            "reward_components": {name: values[i] for name, values in output.components.items()},
-            "finish_reason": self._finish_reason,
-            "prompt_index": self._row.index,
-            "num_tokens": self._n_new,
-            "extras": dict(self._row.extras),
-        }
+        return self.episodes.response_text(self.index)
 
     def observation(self) -> Obs:
         """A copy of the current observation (``reset``/``step`` return the same)."""
-        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+        return self.episodes.observation(self.index)
 
     @property
     def token_ids(self) -> np.ndarray:
         """``[L]`` the episode's tokens (prompt, response, pad), read-only; no copy."""
-        view = self._ids.view()
+        view = self.episodes.ids[self.index].view()
         view.flags.writeable = False
         return view
 
     @property
     def attention_mask(self) -> np.ndarray:
         """``[L]`` 1 on the prompt and response tokens, read-only; no copy."""
-        view = self._mask.view()
+        view = self.episodes.mask[self.index].view()
         view.flags.writeable = False
         return view
 
     @property
     def prompt_length(self) -> int:
         """Tokens of the current prompt."""
-        return self._prompt_len
+        return int(self.episodes.prompt_len[self.index])
 
     @property
     def num_new_tokens(self) -> int:
         """Response tokens generated so far in this episode."""
-        return self._n_new
+        return int(self.episodes.n_new[self.index])
 
     @property
     def row(self) -> PromptRow | None:
         """The prompt row of the current episode (``None`` before the first reset)."""
-        return self._row
-
-    def _build_action_mask(
-        self, banned: Sequence[int | str] | None, allowed: Sequence[int | str] | None
-    ) -> np.ndarray:
-        if allowed is not None:
-            mask = np.zeros(self.vocab_size, dtype=bool)
-            mask[self._token_ids(allowed, "allowed_tokens")] = True
-            if self.stop_on_eos:
-                mask[sorted(self.eos_token_ids)] = True  # episodes must still be able to end
-        else:
-            mask = np.ones(self.vocab_size, dtype=bool)
-        if banned is not None:
-            mask[self._token_ids(banned, "banned_tokens")] = False
-        if not mask.any():
-            raise ValueError("banned_tokens/allowed_tokens leave no token the agent may emit")
-        return mask
-
-    def _token_ids(self, tokens: Sequence[int | str], arg: str) -> list[int]:
-        ids = []
-        for tok in tokens:
-            tid = self.tokenizer.convert_tokens_to_ids(tok) if isinstance(tok, str) else int(tok)
-            if (
-                tid is None
-                or not 0 <= tid < self.vocab_size
-                or (isinstance(tok, str) and tid == self.tokenizer.unk_token_id)
-            ):
-                raise ValueError(f"{arg}: {tok!r} is not a token of this tokenizer/action space")
-            ids.append(tid)
-        return ids
-
-
-def _fill_defaults(
-    tokenizer: Any,
-    prompts: Any,
-    reward: Any,
-    max_prompt_tokens: int | None,
-    max_new_tokens: int | None,
-    split: Split,
-) -> tuple[Any, Any, Any, int, int, Split]:
-    """Fill unset arguments from the embedded default task, loaded only when needed.
-
-    The default prompts come as two files, so asking for the default ``split="eval"`` serves the
-    whole eval file rather than splitting the train file.
-    """
-    if all(x is not None for x in (tokenizer, prompts, reward, max_prompt_tokens, max_new_tokens)):
-        return tokenizer, prompts, reward, int(max_prompt_tokens), int(max_new_tokens), split  # type: ignore[arg-type]
-    from rlhf_gym.envs import default_task
-
-    defaults = default_task.DEFAULTS
-    if tokenizer is None:
-        tokenizer = str(default_task.tokenizer_path())
-    if prompts is None:
-        prompts = str(default_task.prompts_path("eval" if split == "eval" else "train"))
-        split = "all"
-    if reward is None:
-        reward = {"reward_model": {"weight": 1.0, "path": str(default_task.reward_model_path())}}
-    return (
-        tokenizer,
-        prompts,
-        reward,
-        int(max_prompt_tokens if max_prompt_tokens is not None else defaults.max_prompt_tokens),
-        int(max_new_tokens if max_new_tokens is not None else defaults.max_new_tokens),
-        split,
-    )
+        return self.episodes.rows[self.index]

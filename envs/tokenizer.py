@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
+
+from rlhf_gym.rewards.loading import load_tokenizer as load_tokenizer_files
 
 
 def load_tokenizer(
@@ -29,7 +31,7 @@ def load_tokenizer(
     if isinstance(spec, PreTrainedTokenizerBase):
         tokenizer = spec
     elif isinstance(spec, (str, Path)):
-        tokenizer = _from_pretrained(str(spec), trust_remote_code)
+        tokenizer = _from_pretrained(str(spec), trust_remote_code)  # one loader: rewards.loading
     else:
         raise TypeError(
             f"tokenizer must be a path, a hub id or a transformers tokenizer, got {type(spec).__name__}"
@@ -52,7 +54,7 @@ def load_tokenizer(
 
 def _from_pretrained(name: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return load_tokenizer_files(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         where = (
             "local directory" if Path(name).exists() else "local directory nor a reachable hub id"

@@ -50,6 +50,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
+from rlhf_gym.envs.episodes import EpisodeBatch
 from rlhf_gym.envs.text_env import Obs, TextGenerationEnv
 
 
@@ -80,18 +81,20 @@ class TextGenerationVectorEnv(VectorEnv):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.group_size, self.rounds = _check_groups(num_envs, group_size, rounds)
-        first = TextGenerationEnv(**env_kwargs)
-        shared = dict(
-            env_kwargs, tokenizer=first.tokenizer, prompts=first.dataset, reward=first.reward_fn
-        )
-        shared["split"] = "all"  # first.dataset is already the requested split (and shard)
-        shared.pop("shard", None)
-        self.envs: list[TextGenerationEnv] = [first] + [
-            TextGenerationEnv(**shared) for _ in range(num_envs - 1)
+        first = TextGenerationEnv(**env_kwargs)  # builds the task (checks every argument)
+        #: The task, built once, and every env's episode as one [num_envs, L] batch: sub-env i
+        #: is a view of row i (its own prompt RNG and sampler).
+        self.task = first.task
+        self.episodes = EpisodeBatch(self.task, num_envs)
+        self.envs: list[TextGenerationEnv] = [
+            TextGenerationEnv(
+                task=self.task, episodes=self.episodes, index=i, render_mode=first.render_mode
+            )
+            for i in range(num_envs)
         ]
         self.num_envs = num_envs
         self.render_mode = first.render_mode
-        self.reward_fn = first.reward_fn
+        self.reward_fn = self.task.reward_fn
         self.single_observation_space = first.observation_space
         self.single_action_space = first.action_space
         self.observation_space = batch_space(first.observation_space, num_envs)
@@ -171,34 +174,34 @@ class TextGenerationVectorEnv(VectorEnv):
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         idle = self._idle.copy()
-        for i, env in enumerate(self.envs):
-            if idle[i]:
-                self._idle_steps[i] += 1
-                continue
-            terminated[i], truncated[i] = env.advance(actions[i])
+        self._idle_steps[idle] += 1
+        live = np.flatnonzero(~idle)
+        tokens = self.episodes.check_tokens(actions[live])
+        terminated[live], truncated[live] = self.episodes.advance(live, tokens)
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         infos: dict[str, Any] = {"idle": idle} if self.rounds else {}
         done = np.flatnonzero(terminated | truncated)
         if len(done):
-            finished = [self.envs[i] for i in done]
-            batch = TextGenerationEnv.reward_kwargs(finished)
+            batch = self.episodes.reward_kwargs(done)
             output = self.reward_fn(**batch)
             self.reward_calls += 1
-            output.total[:] = self.envs[0].reward_bound(output.total, batch["prompts"])
+            output.total[:] = self.task.reward_bound(output.total, batch["prompts"])
             rewards[done] = output.total
             now = time.perf_counter()
             for k, i in enumerate(done):
                 env = self.envs[i]
-                final_info = env.final_info(output, k)
+                final_info = self.episodes.final_info(int(i), output, k)
                 final_info["episode"] = {
                     "r": float(output.total[k]),
-                    "l": env.num_new_tokens,
+                    "l": int(self.episodes.n_new[i]),
                     "t": now - self._episode_start[i],
                 }
                 if self.rounds:
                     final_info["group_id"] = int(self._group_ids[i])
                 infos = self._add_info(
-                    infos, {"final_obs": env.observation(), "final_info": final_info}, int(i)
+                    infos,
+                    {"final_obs": self.episodes.observation(int(i)), "final_info": final_info},
+                    int(i),
                 )
                 if self.rounds:
                     self._idle[i] = True
@@ -250,16 +253,12 @@ class TextGenerationVectorEnv(VectorEnv):
             env.close()
 
     def _stack(self) -> Obs:
-        obs = {
-            "input_ids": np.stack([env.token_ids for env in self.envs]),
-            "attention_mask": np.stack([env.attention_mask for env in self.envs]),
-        }
+        obs = self.episodes.observations()  # [N, L] copies
         for i in np.flatnonzero(self._idle_steps):
             # An idle env shows its finished sequence plus one pad token per idle step.
-            env = self.envs[i]
-            end = env.prompt_length + env.num_new_tokens
+            end = int(self.episodes.prompt_len[i] + self.episodes.n_new[i])
             tail = slice(end, end + int(self._idle_steps[i]))
-            obs["input_ids"][i, tail] = env.pad_token_id
+            obs["input_ids"][i, tail] = self.task.pad_token_id
             obs["attention_mask"][i, tail] = 1
         return obs
 

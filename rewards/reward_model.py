@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from rlhf_gym.rewards.contract import Reward
+from rlhf_gym.rewards.loading import load_tokenizer, not_found, resolve_dtype
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -128,28 +129,6 @@ def pad_batch(
 # --- loading ------------------------------------------------------------------------------------
 
 
-def _not_found(path: str | os.PathLike[str], what: str, exc: BaseException) -> FileNotFoundError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    note = " (HF_HUB_OFFLINE is set, so the hub was not contacted)" if offline else ""
-    return FileNotFoundError(
-        f"{what} {str(path)!r} is neither a local directory nor a reachable Hugging Face Hub "
-        f"id{note}. Pass the directory you saved the model to (save_pretrained / "
-        f"train_reward_model output_dir) or a hub id such as 'org/model'. Cause: {exc}"
-    )
-
-
-def _torch_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
-    """``"bfloat16"`` -> ``torch.bfloat16``; ``"auto"`` and ``torch.dtype`` pass through."""
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(
-            f"Unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'."
-        )
-    return resolved
-
-
 def load_reward_model(
     path: str | os.PathLike[str],
     *,
@@ -169,7 +148,7 @@ def load_reward_model(
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     if dtype is not None:
-        kwargs["dtype"] = _torch_dtype(dtype)
+        kwargs["dtype"] = dtype if dtype == "auto" else resolve_dtype(dtype)
     if revision is not None:
         kwargs["revision"] = revision
     local = Path(path).expanduser()
@@ -180,31 +159,7 @@ def load_reward_model(
     except (OSError, ValueError) as exc:
         if local.exists():
             raise  # a real directory with bad contents: transformers' message says what is missing
-        raise _not_found(path, "Reward model", exc) from exc
-
-
-def load_tokenizer(
-    source: str | os.PathLike[str] | PreTrainedTokenizerBase,
-    *,
-    trust_remote_code: bool = False,
-    revision: str | None = None,
-) -> PreTrainedTokenizerBase:
-    """A tokenizer object, or ``AutoTokenizer.from_pretrained(source)`` with a clear not-found error."""
-    if not isinstance(source, (str, os.PathLike)):
-        return source
-    from transformers import AutoTokenizer
-
-    local = Path(source).expanduser()
-    try:
-        return AutoTokenizer.from_pretrained(
-            str(local) if local.exists() else str(source),
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-        )
-    except (OSError, ValueError) as exc:
-        if local.exists():
-            raise
-        raise _not_found(source, "Tokenizer", exc) from exc
+        raise not_found(path, "Reward model", exc) from exc
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> int:
@@ -337,7 +292,7 @@ class RewardModel(Reward):
                 )
             tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
             if dtype is not None and dtype != "auto":
-                model = model.to(_torch_dtype(dtype))
+                model = model.to(resolve_dtype(dtype))
         self.path = None if path is None else str(path)
         self.tokenizer = tokenizer
         self.pad_token_id = ensure_pad_token(tokenizer, model)

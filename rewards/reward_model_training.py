@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from rlhf_gym.rewards.loading import read_jsonl
 from rlhf_gym.rewards.reward_model import (
     default_max_length,
     encode_for_reward_model,
@@ -75,18 +76,8 @@ def load_preference_pairs(
         path = Path(pairs)
         if not path.is_file():
             raise FileNotFoundError(f"Preference pairs file {str(path)!r} does not exist.")
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    rows.append((where, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(
-                        f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); each line must "
-                        f'be one object like {{"prompt": ..., "chosen": ..., "rejected": ...}}.'
-                    ) from None
+        example = '{"prompt": ..., "chosen": ..., "rejected": ...}'
+        rows = list(read_jsonl(path, example=example))
     else:
         rows = [(f"pair #{i}", row) for i, row in enumerate(pairs)]
     out: list[dict[str, str]] = []
