@@ -74,11 +74,14 @@ def group_advantages(
 
 
 def _std(values: torch.Tensor, mask: torch.Tensor, sum_fn: SumFn) -> torch.Tensor:
-    """Unbiased std of the ``mask``-ed entries of ``values`` over every rank (two passes)."""
-    n, total = sum_fn(torch.stack([mask.sum(), (values * mask).sum()]).double())
-    mean = total / n.clamp(min=1)
-    var = sum_fn((((values - mean) * mask) ** 2).sum().double()) / (n - 1).clamp(min=1)
-    return var.sqrt().to(values.dtype)
+    """Unbiased std of the ``mask``-ed entries of ``values``, over every rank with a
+    data-parallel ``sum_fn`` (two passes); in one process torch's own ``std``."""
+    if sum_fn is _local:
+        return values[mask.bool()].std()
+    n = sum_fn(mask.sum())
+    mean = sum_fn((values * mask).sum()) / n.clamp(min=1)
+    var = sum_fn((((values - mean) * mask) ** 2).sum()) / (n - 1).clamp(min=1)
+    return var.sqrt()
 
 
 def token_returns(
@@ -101,13 +104,13 @@ def batch_whiten(
 ) -> torch.Tensor:
     """REINFORCE++: subtract the mean over all valid tokens and (``scale``) divide by their std
     (over every rank's tokens with a data-parallel ``sum_fn``)."""
-    n, total = sum_fn(torch.stack([mask.sum(), (values * mask).sum()]).double())
-    mean = (total / n.clamp(min=1)).to(values.dtype)
+    n = sum_fn(mask.sum()).clamp(min=1)
+    mean = sum_fn((values * mask).sum()) / n
     centred = (values - mean) * mask
     if not scale:
         return centred
-    var = sum_fn((centred.double() ** 2).sum()) / (n - 1).clamp(min=1)
-    return centred / (var.sqrt().to(values.dtype) + STD_EPS)
+    var = sum_fn((centred**2).sum()) / (n - 1).clamp(min=1)
+    return centred / (var.sqrt() + STD_EPS)
 
 
 def k3_kl(log_prob: torch.Tensor, ref_log_prob: torch.Tensor) -> torch.Tensor:
