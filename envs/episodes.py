@@ -10,7 +10,8 @@ by every episode.
 ``[N, L]`` (``L = max_prompt_tokens + max_new_tokens``, prompt then response then pad), prompt
 and response lengths ``[N]``, and why each ended. Its public operations are the whole episode
 mechanics: :meth:`~EpisodeBatch.start` a row on a prompt, :meth:`~EpisodeBatch.advance` rows by
-one token each (vectorised; the end-of-response rule of :mod:`rlhf_gym.envs.episode_end`), the
+one token each (vectorised; :meth:`~EpisodeBatch.advance_one` for one row; the end-of-response
+rule of :mod:`rlhf_gym.envs.episode_end`), the
 keyword arguments of ONE reward call for any set of finished rows
 (:meth:`~EpisodeBatch.reward_kwargs`), a finished row's :meth:`~EpisodeBatch.final_info`, and
 :meth:`~EpisodeBatch.state_dict` / :meth:`~EpisodeBatch.load_state_dict` of a row. The single
@@ -230,6 +231,27 @@ class EpisodeBatch:
         for k in np.flatnonzero(truncated):
             self.finish_reason[int(rows[k])] = "length"
         self.done[rows] = terminated | truncated
+        return terminated, truncated
+
+    def advance_one(self, i: int, token: int) -> tuple[bool, bool]:
+        """:meth:`advance` of one row (the single env's step): the same rule with scalar work,
+        no array temporaries."""
+        if self.done[i]:
+            raise ResetNeeded("step() was called after the episode ended; call reset() first")
+        task = self.task
+        pos = int(self.prompt_len[i] + self.n_new[i])
+        self.ids[i, pos] = token
+        self.mask[i, pos] = 1
+        n_new = int(self.n_new[i]) + 1
+        self.n_new[i] = n_new
+        terminated = truncated = False
+        if task.stop_on_eos and token in task.eos_token_ids:
+            terminated, self.finish_reason[i] = True, "eos"
+        elif task.stop_strings and self._hit_stop_string(i):
+            terminated, self.finish_reason[i] = True, "stop"
+        if not terminated and n_new >= task.max_new_tokens:
+            truncated, self.finish_reason[i] = True, "length"
+        self.done[i] = terminated or truncated
         return terminated, truncated
 
     def _hit_stop_string(self, i: int) -> bool:

@@ -288,9 +288,7 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
 
     def advance(self, action: SupportsInt | np.ndarray) -> tuple[bool, bool]:
         """Append one token; return (terminated, truncated). Does not score (``step`` does)."""
-        token = check_token(action, self.vocab_size)
-        terminated, truncated = self.episodes.advance(self._rows, np.array([token]))
-        return bool(terminated[0]), bool(truncated[0])
+        return self.episodes.advance_one(self.index, check_token(action, self.vocab_size))
 
     def final_info(self, output: RewardOutput, i: int) -> dict[str, Any]:
         """The finished episode's ``info``, its reward components row ``i`` of ``output``."""

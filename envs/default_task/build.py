@@ -205,12 +205,9 @@ def _pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
     Padding is found from lengths, not ids: pad and EOS share an id, and the final EOS must be
     learned.
     """
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(batch):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
+    from rlhf_gym.rewards.reward_model import pad_batch  # the one right-pad helper
+
+    ids, mask = pad_batch(batch, pad_id)
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
