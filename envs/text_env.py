@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, SupportsInt
 
@@ -12,8 +11,7 @@ from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
 from rlhf_gym.envs.episodes import EpisodeBatch, Obs, Task, check_token
-from rlhf_gym.envs.prompts import PromptRow, PromptSampler, Sampling, Split, Truncation
-from rlhf_gym.envs.reward_bounds import DEFAULT_REWARD_BOUND
+from rlhf_gym.envs.prompts import PromptRow, PromptSampler
 from rlhf_gym.rewards import RewardOutput
 
 __all__ = ["Obs", "TextGenerationEnv"]
@@ -127,63 +125,24 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
         prompts: Any = None,
         reward: Any = None,
         *,
-        max_prompt_tokens: int | None = None,
-        max_new_tokens: int | None = None,
-        prompt_column: str = "prompt",
-        messages_column: str = "messages",
-        chat_template: bool | None = None,
-        system_prompt: str | None = None,
-        truncation: Truncation = "left",
-        split: Split = "train",
-        eval_fraction: float = 0.0,
-        split_seed: int = 0,
-        shard: tuple[int, int] | None = None,
-        sampling: Sampling = "epoch",
-        stop_on_eos: bool = True,
-        eos_token_ids: Sequence[int] | None = None,
-        stop_strings: Sequence[str] | None = None,
-        vocab_size: int | None = None,
-        banned_tokens: Sequence[int | str] | None = None,
-        allowed_tokens: Sequence[int | str] | None = None,
-        trust_remote_code: bool = False,
-        trust_reward_factories: bool = False,
-        reward_bound: float | None = DEFAULT_REWARD_BOUND,
-        reward_clip: bool = False,
         render_mode: str | None = None,
         task: Task | None = None,
         episodes: EpisodeBatch | None = None,
         index: int = 0,
+        **options: Any,
     ) -> None:
+        """``options``: the task's keyword arguments, listed above under Arguments and typed in
+        :meth:`rlhf_gym.envs.episodes.Task.build`, which checks them (a misspelt one is an
+        error naming it)."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
         if task is None:
-            task = Task.build(
-                tokenizer,
-                prompts,
-                reward,
-                max_prompt_tokens=max_prompt_tokens,
-                max_new_tokens=max_new_tokens,
-                prompt_column=prompt_column,
-                messages_column=messages_column,
-                chat_template=chat_template,
-                system_prompt=system_prompt,
-                truncation=truncation,
-                split=split,
-                eval_fraction=eval_fraction,
-                split_seed=split_seed,
-                shard=shard,
-                sampling=sampling,
-                stop_on_eos=stop_on_eos,
-                eos_token_ids=eos_token_ids,
-                stop_strings=stop_strings,
-                vocab_size=vocab_size,
-                banned_tokens=banned_tokens,
-                allowed_tokens=allowed_tokens,
-                trust_remote_code=trust_remote_code,
-                trust_reward_factories=trust_reward_factories,
-                reward_bound=reward_bound,
-                reward_clip=reward_clip,
+            task = Task.build(tokenizer, prompts, reward, **options)
+        elif options or tokenizer is not None or prompts is not None or reward is not None:
+            raise TypeError(
+                "TextGenerationEnv(task=...) takes the task as built; pass its options to "
+                "Task.build instead"
             )
         self.task = task
         if episodes is None:
