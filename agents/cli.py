@@ -274,14 +274,10 @@ def _evaluate(cfg: EvaluateConfig) -> int:
         **env_arguments(cfg, tokenizer=base if explicit else None),
         split="eval" if cfg.prompts is None else "all",
     )
-    metrics: dict[str, Any] = {}
-    threshold = 0.0
-    default = is_default_task(cfg)
-    if default:
-        from rlhf_gym.envs import default_task
+    from rlhf_gym.envs.default_task.checks import evaluation_extras
 
-        metrics = default_task.independent_metrics()
-        threshold = default_task.positive_threshold()
+    default = is_default_task(cfg)
+    metrics, threshold = evaluation_extras(default)
     rows = list(env.dataset)[: cfg.episodes]
     kwargs = dict(
         max_new_tokens=env.max_new_tokens,

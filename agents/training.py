@@ -42,7 +42,7 @@ from rlhf_gym.agents import distributed
 from rlhf_gym.agents.config import TrainConfig, env_arguments, is_default_task
 from rlhf_gym.agents.evaluation import EvalStats, evaluate_model
 from rlhf_gym.envs import TextGenerationEnv, make_vec_env
-from rlhf_gym.envs.default_task.checks import Check, learning_checks
+from rlhf_gym.envs.default_task.checks import Check, evaluation_extras, learning_checks
 
 
 @dataclass
@@ -56,15 +56,6 @@ class TrainResult:
     output_dir: Path
     timesteps: int
     checks: list[Check] = field(default_factory=list)
-
-
-def default_metrics(cfg: TrainConfig) -> dict[str, Any]:
-    """Independent metrics for the default task (a lexicon scorer the reward model never saw)."""
-    if not is_default_task(cfg):
-        return {}
-    from rlhf_gym.envs import default_task
-
-    return default_task.independent_metrics()
 
 
 def env_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -240,8 +231,7 @@ class _Run:
             **shard,
         )
         self.eval_env = eval_env(cfg, self.venv.envs[0])
-        self.metrics = default_metrics(cfg)
-        self.positive_threshold = self._positive_threshold()
+        self.metrics, self.positive_threshold = evaluation_extras(is_default_task(cfg))
         self.resumed_from = ckpt.latest_checkpoint(self.out) if cfg.resume else None
         self.eval_next: int = cfg.eval_every  # the evaluation schedule, saved in checkpoints
         self.stop_requested = False  # set by Ctrl-C: checkpoint at the next rollout and stop
@@ -334,13 +324,6 @@ class _Run:
     @property
     def model(self) -> Any:
         return self.agent.policy.model
-
-    def _positive_threshold(self) -> float:
-        if is_default_task(self.cfg):
-            from rlhf_gym.envs import default_task
-
-            return default_task.positive_threshold()
-        return 0.0
 
     def _kl_controller(self) -> Any:
         return getattr(self.agent, "kl_controller", None)

@@ -53,3 +53,14 @@ def learning_checks(before: Any, after: Any) -> list[Check]:
     checks.append(Check("diverse (distinct-2)", d2_ratio >= MIN_DISTINCT2_RATIO,
                         f"{d2_ratio:.2f}x the base's (bound {MIN_DISTINCT2_RATIO}x)"))  # fmt: skip
     return checks
+
+
+def evaluation_extras(default_task: bool) -> tuple[dict[str, Any], float]:
+    """``(independent metrics, positive threshold)`` for an evaluation: the default task's
+    lexicon scorers (which its reward model never saw) and its reward model's "rated positive"
+    threshold; for a user's task none and 0 (their reward has no such scale)."""
+    if not default_task:
+        return {}, 0.0
+    from rlhf_gym.envs import default_task as task
+
+    return task.independent_metrics(), task.positive_threshold()
