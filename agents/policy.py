@@ -534,8 +534,14 @@ class _LoRACore:
 
     @property
     def compute_entropy(self) -> bool:
-        """Whether ``evaluate_actions`` returns the entropy now (see :meth:`entropy_in_training`)."""
+        """Whether ``evaluate_actions`` returns the entropy (default True). The algorithms never
+        set it; they switch it for the length of their update with :meth:`entropy_in_training`.
+        """
         return self._compute_entropy
+
+    @compute_entropy.setter
+    def compute_entropy(self, value: bool) -> None:
+        self._compute_entropy = bool(value)
 
     @property
     def bootstrap_unused(self) -> Callable[[int], bool] | None:

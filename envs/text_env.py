@@ -293,3 +293,11 @@ class TextGenerationEnv(gym.Env[Obs, np.int64]):
     def row(self) -> PromptRow | None:
         """The prompt row of the current episode (``None`` before the first reset)."""
         return self.episodes.rows[self.index]
+
+    # Read-only names of the per-env attributes the episode had before it moved into a batch,
+    # for code written against them (the package itself uses ``row`` / ``prompt_length``).
+    _row = row
+
+    @property
+    def _prompt_len(self) -> int:
+        return self.prompt_length

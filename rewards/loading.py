@@ -72,10 +72,12 @@ def load_tokenizer(
         raise not_found(source, "Tokenizer", exc) from exc
 
 
-def read_jsonl(path: str | os.PathLike[str], example: str) -> Iterator[tuple[str, Any]]:
+def read_jsonl(
+    path: str | os.PathLike[str], example: str, problem: str = "malformed JSON"
+) -> Iterator[tuple[str, Any]]:
     """``(where, value)`` for each non-blank line of a JSONL file, ``where`` = ``"file:line"``;
-    a line that is not JSON raises one error naming the file, line and column, with ``example``
-    (one valid line) as the fix."""
+    a line that is not JSON raises one error naming the file, line and column (``problem``
+    says what is wrong in the caller's words), with ``example`` (one valid line) as the fix."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -86,6 +88,6 @@ def read_jsonl(path: str | os.PathLike[str], example: str) -> Iterator[tuple[str
                 yield where, json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(
-                    f"{where}: malformed JSON ({err.msg} at column {err.colno}). Each line of a "
+                    f"{where}: {problem} ({err.msg} at column {err.colno}). Each line of a "
                     f"JSONL file must be one JSON object, e.g. {example}."
                 ) from None

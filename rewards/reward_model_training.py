@@ -77,7 +77,7 @@ def load_preference_pairs(
         if not path.is_file():
             raise FileNotFoundError(f"Preference pairs file {str(path)!r} does not exist.")
         example = '{"prompt": ..., "chosen": ..., "rejected": ...}'
-        rows = list(read_jsonl(path, example=example))
+        rows = list(read_jsonl(path, example=example, problem="invalid JSON"))
     else:
         rows = [(f"pair #{i}", row) for i, row in enumerate(pairs)]
     out: list[dict[str, str]] = []

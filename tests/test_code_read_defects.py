@@ -55,7 +55,7 @@ def test_set_options_reach_the_next_reset(tiny_tokenizer_dir):
     venv.set_options([{"prompt_index": 0}, {}, {"prompt_index": 1}])
     obs = venv.reset()
     assert not np.array_equal(obs["input_ids"][0], obs["input_ids"][2])
-    assert [e.row.index for e in (venv.envs[0], venv.envs[2])] == [0, 1]
+    assert [e._row.index for e in (venv.envs[0], venv.envs[2])] == [0, 1]
 
 
 def test_evaluation_does_not_move_a_normalising_rewards_statistics():

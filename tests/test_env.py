@@ -138,7 +138,7 @@ def test_seeded_reproducibility(make_env):
 def test_epoch_sampling_visits_each_prompt_once(make_env):
     env = make_env()
     env.reset(seed=3)
-    first = env.row.index
+    first = env._row.index
     seen = [first] + [env.reset()[1]["prompt_index"] for _ in range(3)]
     assert sorted(seen) == [0, 1, 2, 3]
     second = [env.reset()[1]["prompt_index"] for _ in range(4)]
@@ -228,8 +228,8 @@ def test_chat_template_rendering(make_env, tiny_tokenizer):
     rows = [{"messages": [{"role": "user", "content": "hi there"}], "id": 1}]
     env = make_env(prompts=rows, max_prompt_tokens=40)
     env.reset(seed=0)
-    assert env.row.text == "<|user|>hi there\n<|assistant|>"
-    assert env.row.extras == {"id": 1}
+    assert env._row.text == "<|user|>hi there\n<|assistant|>"
+    assert env._row.extras == {"id": 1}
     env = make_env(prompts=["hi there"], chat_template=True, max_prompt_tokens=40)
     env.reset(seed=0)
-    assert env.row.text == "<|user|>hi there\n<|assistant|>"
+    assert env._row.text == "<|user|>hi there\n<|assistant|>"

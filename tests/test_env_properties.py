@@ -28,7 +28,7 @@ def check_obs(env, obs, n_new):
     n = int(mask.sum())
     assert mask[:n].all() and not mask[n:].any(), "mask must be one contiguous run from position 0"
     assert (obs["input_ids"][n:] == env.pad_token_id).all()
-    assert n == env.prompt_length + n_new
+    assert n == env._prompt_len + n_new
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -108,4 +108,4 @@ def test_vector_env_contract(data, seed, num_envs, max_new, steps, action_seed):
         assert (rewards[~done] == 0).all()
         # autoreset in the same step: finished envs already show a fresh prompt
         for i in np.flatnonzero(done):
-            assert obs["attention_mask"][i].sum() == venv.envs[i].prompt_length
+            assert obs["attention_mask"][i].sum() == venv.envs[i]._prompt_len

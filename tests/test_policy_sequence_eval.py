@@ -64,7 +64,7 @@ def test_evaluate_actions_equals_per_transition(
     """Entropy off scores duplicate transitions on shared logits rows; chunk 3 splits the
     sequences over several forwards."""
     policy, ids, mask, actions, reference = setup
-    monkeypatch.setattr(policy, "_compute_entropy", entropy)
+    monkeypatch.setattr(policy, "compute_entropy", entropy)
     monkeypatch.setattr(policy, "eval_chunk_size", chunk)
     n = len(ids)
     rng = np.random.default_rng(3)

@@ -335,7 +335,7 @@ def test_preference_pair_errors_name_file_and_line(tmp_path) -> None:
     path = tmp_path / "pairs.jsonl"
     good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
     path.write_text(f"{good}\n\n{{not json}}\n")
-    with pytest.raises(ValueError, match=rf"{path}:3: malformed JSON"):
+    with pytest.raises(ValueError, match=rf"{path}:3: invalid JSON"):
         load_preference_pairs(path)
     path.write_text(f"{good}\n" + json.dumps({"prompt": "p", "chosen": "a", "reject": "b"}) + "\n")
     with pytest.raises(
