@@ -51,6 +51,7 @@ from rlhf_gym.agents.data_parallel import ActorCriticDataParallel
 from rlhf_gym.agents.group_algorithms import (
     GRPO,
     RLOO,
+    GroupRelativePO,
     REINFORCEpp,
     class_for_baseline,
 )
@@ -370,6 +371,13 @@ def make_agent(
         if isinstance(name_or_class, str)
         else _spec_for_class(name_or_class)
     )
+    if distributed.enabled() and not issubclass(spec.cls, (KLControlMixin, GroupRelativePO)):
+        raise ValueError(
+            f"{spec.cls.__name__} cannot train on {distributed.world_size()} ranks: it was "
+            "registered with kl=False, so no data-parallel update averages its gradients (each "
+            "rank would drift alone). Run it as one process, or give it KLControlMixin and a "
+            "train_data_parallel."
+        )
     kwargs = {**_accepted(spec.cls, spec.defaults), **algo_kwargs}
     pkw = {"model": model, "lora": lora, **dict(policy_kwargs or {})}
     agent = spec.cls(

@@ -73,9 +73,11 @@ class DistInfo:
         the seeds one process with ``world_size * num_envs`` envs would give its envs."""
         return seed + self.rank * num_envs
 
-    def agent_seed(self, seed: int) -> int:
-        """The agent's seed on this rank: each rank samples actions from its own stream."""
-        return seed + self.rank
+    def agent_seed(self, seed: int, num_envs: int) -> int:
+        """The agent's seed on this rank, the same as :meth:`env_seed`: each rank samples from
+        its own stream, and stable-baselines3's ``set_random_seed`` reseeds the env with the
+        agent's seed (env ``i`` gets it plus ``i``), which keeps the env seeds above."""
+        return self.env_seed(seed, num_envs)
 
 
 def launched() -> bool:
@@ -243,6 +245,15 @@ def all_gather_json(obj: Any) -> list[Any]:
         json.loads(bytes(b[: int(s.item())].cpu().numpy()).decode())
         for b, s in zip(bufs, sizes, strict=True)
     ]
+
+
+def all_finite(value: float) -> bool:
+    """Whether ``value`` is finite on every rank: a loss that turns inf/NaN on one rank stops
+    every rank at the same point, with the error, instead of leaving the others waiting."""
+    finite = bool(np.isfinite(value))
+    if not enabled():
+        return finite
+    return all_reduce([float(not finite)], op="max")[0] == 0
 
 
 def count_steps(start: int, now: int) -> int:

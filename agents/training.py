@@ -10,7 +10,8 @@ Under ``torchrun`` the same config runs on every rank (:mod:`rlhf_gym.agents.dis
 ``num_envs``, ``batch_size`` and ``n_steps`` are per rank (as a per-device batch size),
 ``total_timesteps``, ``eval_every`` and ``checkpoint_every`` count the steps of all ranks. Each
 rank answers its own shard of the prompts with env seeds ``seed + rank * num_envs + i`` and
-samples with agent seed ``seed + rank``; rank 0 alone evaluates and writes the run directory;
+samples with agent seed ``seed + rank * num_envs`` (SB3 reseeds the env from the agent's seed,
+so the two agree); rank 0 alone evaluates and writes the run directory;
 checkpoints hold every rank's envs and RNGs, so a resumed run with the same number of ranks
 continues exactly (another number is refused).
 """
@@ -178,12 +179,13 @@ class CheckpointCallback(BaseCallback):
     def _on_rollout_start(self) -> None:
         step = self.run.global_steps()
         due = self.every and step - self._last >= self.every
-        # A Ctrl-C reaches the ranks at different moments: any rank's stop stops them all.
-        self.run.stop_requested = distributed.any_rank(self.run.stop_requested)
-        if due or self.run.stop_requested:
+        # A Ctrl-C reaches the ranks at different moments: any rank's stop stops them all, and
+        # this one decision (not the flag, which a signal may set meanwhile) is what they act on.
+        stop = distributed.any_rank(self.run.stop_requested)
+        if due or stop:
             self._last = step
             self.run.checkpoint()
-        self._stop = self.run.stop_requested
+        self._stop = stop
 
 
 class GlobalProgressBar(ProgressBarCallback):
@@ -208,6 +210,8 @@ class DistributedLogger(Logger):
         reduced = distributed.reduce_logs(dict(self.name_to_value))
         self.name_to_value.clear()
         self.name_to_value.update(reduced)
+        for key in reduced:  # a key only other ranks logged (e.g. no episode ended here yet)
+            self.name_to_excluded.setdefault(key, ())
         super().dump(step)
 
 
@@ -272,7 +276,7 @@ class _Run:
                 kl_coef=cfg.kl_coef,
                 kl_target=cfg.kl_target,
                 kl_horizon=cfg.kl_horizon,
-                seed=self.dist.agent_seed(cfg.seed),
+                seed=self.dist.agent_seed(cfg.seed, cfg.num_envs),
                 device=cfg.device,
                 policy_kwargs={
                     "trust_remote_code": cfg.trust_remote_code,
@@ -448,7 +452,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             callback=CallbackList(callbacks),
             reset_num_timesteps=run.resumed_from is None,
         )
-    if run.stop_requested:
+    if distributed.any_rank(run.stop_requested):  # every rank takes the same branch
         raise RunStopped(
             f"stopped by Ctrl-C after a checkpoint at step {run.global_steps()}; continue "
             f"with: rlhf-gym train --output-dir {out} --resume (and the same options)"

@@ -88,7 +88,7 @@ def _make(args: argparse.Namespace, name: str, group_size: int, **algo_kwargs: A
         model=model_dir(args.n_positions),
         lora=TASK.lora_dict(),
         kl_coef=TASK.beta,
-        seed=info.agent_seed(TASK.seed),
+        seed=info.agent_seed(TASK.seed, args.num_envs),
         device=args.device,
         learning_rate=TASK.learning_rate,
         policy_kwargs=policy_kwargs,

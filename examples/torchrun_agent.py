@@ -29,7 +29,9 @@ env = make_vec_env(
     shard=info.shard,  # (rank, world_size): each rank answers its own prompts
     **groups.get(args.algo, {}),
 )
-agent = make_agent(args.algo, env, model=default_task.policy_path(), seed=info.agent_seed(0))
+agent = make_agent(
+    args.algo, env, model=default_task.policy_path(), seed=info.agent_seed(0, args.num_envs)
+)
 agent.learn(args.steps)  # num_timesteps counts the steps of all ranks
 
 if info.is_main:

@@ -58,7 +58,7 @@ def build(algo: str, model_dir: str, n_envs: int, shard: tuple[int, int] | None,
         seed=seed,
         tokenizer=model_dir,
         prompts=PROMPTS,
-        reward={"keyword": {"weight": 1.0, "keywords": ["e"]}},
+        reward={"regex": {"pattern": "[a-z]", "mode": "count"}},
         max_prompt_tokens=8,
         max_new_tokens=4,
         **group,
@@ -124,7 +124,7 @@ def record(out: Path, model_dir: str, algos: list[str]) -> None:
     info = distributed.init()
     for algo in algos:
         agent = build(algo, model_dir, N_ENVS, info.shard, info.env_seed(SEED, N_ENVS))
-        agent.set_random_seed(info.agent_seed(SEED))
+        agent.set_random_seed(info.agent_seed(SEED, N_ENVS))
         _capture(agent, out / f"{algo}.rank{info.rank}.json")
         steps = N_STEPS * N_ENVS if algo in ("ppo", "maskable_ppo", "a2c") else N_ENVS
         agent.learn(steps)

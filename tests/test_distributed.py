@@ -206,3 +206,30 @@ def test_example_script_runs_on_two_ranks():
                     "--num-envs", "4", timeout=400)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 rank(s), grpo: held-out reward" in done.stdout
+
+
+def test_rank_seeds_match_what_sb3_reseeds():
+    """SB3's set_random_seed reseeds the env with the agent's seed: the two must agree."""
+    info = distributed.DistInfo(rank=1, world_size=2)
+    assert info.agent_seed(3, 4) == info.env_seed(3, 4) == 7
+
+
+def test_logger_writes_a_key_only_another_rank_logged(tmp_path, monkeypatch):
+    """Rank 0 dumps values the reduction brought from other ranks (e.g. ep_rew_mean before
+    any of its own episodes ended) with every output format, TensorBoard's included."""
+    from stable_baselines3.common.logger import make_output_format
+
+    from rlhf_gym.agents.training import DistributedLogger
+
+    monkeypatch.setattr(
+        distributed, "reduce_logs", lambda values: {**values, "rollout/ep_rew_mean": 1.5}
+    )
+    formats = [make_output_format("csv", str(tmp_path))]
+    try:
+        formats.append(make_output_format("tensorboard", str(tmp_path)))
+    except ImportError:
+        pass
+    logger = DistributedLogger(str(tmp_path), formats)
+    logger.record("train/loss", 0.5)
+    logger.dump(8)
+    assert "rollout/ep_rew_mean" in (tmp_path / "progress.csv").read_text()
