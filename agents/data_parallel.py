@@ -114,7 +114,7 @@ class ActorCriticDataParallel:
                 entropy_loss = -(entropy.sum() if entropy is not None else -log_prob.sum())
                 total = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 loss = total * (world / n)  # averaged over ranks: the global minibatch mean
-                if not distributed.all_finite(float(loss)):
+                if not distributed.all_finite(float(loss.detach())):
                     raise FloatingPointError(
                         f"{type(self).__name__}: the loss became {float(loss)} at step "
                         f"{self.num_timesteps}, before the optimizer step (no weight changed; resume "

@@ -142,8 +142,13 @@ def is_main() -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a run; a no-op without one)."""
+    """Wait for every rank, then leave the process group (at the end of a run; a no-op without
+    one). Leaving it before exiting matters: a rank that exits with the group alive can abort
+    in gloo's teardown ("terminate called without an active exception") while rank 0 still
+    writes; the barrier keeps the others until it is done."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

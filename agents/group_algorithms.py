@@ -477,7 +477,7 @@ class GroupRelativePO(ResumableLoop, OnPolicyAlgorithm):
                 sums = np.zeros(4)  # loss, approx-KL sum, clipped tokens, k3 sum
                 for part in idx.split(chunk):
                     loss, stats = self._chunk_loss(batch, part, len(idx), n_tokens, context)
-                    if not distributed.all_finite(float(loss)):
+                    if not distributed.all_finite(float(loss.detach())):
                         raise FloatingPointError(
                             f"{type(self).__name__}: the loss became {float(loss)} at step "
                             f"{self.num_timesteps}, before the optimizer step (no weight "

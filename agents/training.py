@@ -459,6 +459,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
     run.checkpoint()
     if not dist_info.is_main:
+        distributed.shutdown()  # waits for rank 0's evaluation and writes, then leaves
         return TrainResult(None, None, time.perf_counter() - start, out, run.global_steps())
     assert before is not None
     after = run.evaluate(use_adapter=True)
@@ -477,6 +478,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         "checks": [dataclasses.asdict(c) for c in checks],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if dist_info.enabled:
+        distributed.shutdown()  # every rank leaves the process group together
     return TrainResult(before, after, time.perf_counter() - start, out, run.global_steps(), checks)
 
 
