@@ -114,13 +114,7 @@ class ActorCriticDataParallel:
                 entropy_loss = -(entropy.sum() if entropy is not None else -log_prob.sum())
                 total = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 loss = total * (world / n)  # averaged over ranks: the global minibatch mean
-                if not distributed.all_finite(float(loss.detach())):
-                    raise FloatingPointError(
-                        f"{type(self).__name__}: the loss became {float(loss)} at step "
-                        f"{self.num_timesteps}, before the optimizer step (no weight changed; resume "
-                        "from the last checkpoint). Usual causes: rewards far larger than a few "
-                        "units (set a reward_bound / reward_clip) or a learning rate too high."
-                    )
+                stop_on_non_finite(self, loss)
                 policy.optimizer.zero_grad()
                 loss.backward()
                 distributed.average_gradients(policy.parameters())
@@ -170,6 +164,18 @@ class ActorCriticDataParallel:
         logger.record("train/clip_range", clip_range)
         if clip_range_vf is not None:
             logger.record("train/clip_range_vf", clip_range_vf)
+
+
+def stop_on_non_finite(algo: Any, loss: torch.Tensor) -> None:
+    """Raise before the optimizer step when ``loss`` is inf/NaN on any rank, on every rank
+    together (a rank raising alone would leave the others waiting in a collective)."""
+    if not distributed.all_finite(float(loss.detach())):
+        raise FloatingPointError(
+            f"{type(algo).__name__}: the loss became {float(loss.detach())} at step "
+            f"{algo.num_timesteps} on this or another rank, before the optimizer step (no "
+            "weight changed; resume from the last checkpoint). Usual causes: rewards far larger "
+            "than a few units (set a reward_bound / reward_clip) or a learning rate too high."
+        )
 
 
 def _explained_variance(values: np.ndarray, returns: np.ndarray) -> float:

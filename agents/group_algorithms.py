@@ -55,6 +55,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rlhf_gym.agents import distributed
 from rlhf_gym.agents import group_losses as gl
+from rlhf_gym.agents.data_parallel import stop_on_non_finite
 from rlhf_gym.agents.kl import make_kl_controller
 from rlhf_gym.agents.loop_state import ResumableLoop
 from rlhf_gym.agents.policy import LoRAPolicy, MaskableLoRAPolicy, record_model_by_path
@@ -477,14 +478,7 @@ class GroupRelativePO(ResumableLoop, OnPolicyAlgorithm):
                 sums = np.zeros(4)  # loss, approx-KL sum, clipped tokens, k3 sum
                 for part in idx.split(chunk):
                     loss, stats = self._chunk_loss(batch, part, len(idx), n_tokens, context)
-                    if not distributed.all_finite(float(loss.detach())):
-                        raise FloatingPointError(
-                            f"{type(self).__name__}: the loss became {float(loss)} at step "
-                            f"{self.num_timesteps}, before the optimizer step (no weight "
-                            "changed; resume from the last checkpoint). Usual causes: rewards "
-                            "far larger than a few units (set a reward_bound / reward_clip) or "
-                            "a learning rate too high."
-                        )
+                    stop_on_non_finite(self, loss)
                     loss.backward()  # gradients accumulate over the minibatch's chunks
                     sums += [float(loss.detach()), *stats]
                 distributed.average_gradients(self.policy.parameters())
