@@ -397,7 +397,8 @@ class GroupRelativePO(ResumableLoop, OnPolicyAlgorithm):
         """``[E, T]`` advantages; ``kl`` (``[E, T]`` logp - ref) shapes rewards when not in the loss."""
         beta = 0.0 if self.kl_in_loss else float(self.kl_controller.value)
         rewards = batch["rewards"]
-        sum_fn = distributed.all_reduce_tensor  # batch statistics over every rank
+        # Batch statistics over every rank; None: this process's, computed as always.
+        sum_fn = distributed.all_reduce_tensor if distributed.enabled() else None
         if self.baseline == "batch":
             returns = gl.token_returns(rewards, kl, mask, beta)
             return gl.batch_whiten(

@@ -27,13 +27,9 @@ from typing import Literal
 
 import torch
 
-#: Sums a tensor over data-parallel ranks (:func:`rlhf_gym.agents.distributed.all_reduce_tensor`);
-#: the identity in one process. Batch statistics pass their sums through it.
+#: Sums a tensor over data-parallel ranks (:func:`rlhf_gym.agents.distributed.all_reduce_tensor`).
+#: Batch statistics pass their sums through it; ``None`` (one process): the local statistics.
 SumFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 Baseline = Literal["group_mean", "leave_one_out", "batch"]
@@ -48,7 +44,11 @@ STD_EPS = 1e-4
 
 
 def group_advantages(
-    rewards: torch.Tensor, *, baseline: Baseline, scale: ScaleRewards, sum_fn: SumFn = _local
+    rewards: torch.Tensor,
+    *,
+    baseline: Baseline,
+    scale: ScaleRewards,
+    sum_fn: SumFn | None = None,
 ) -> torch.Tensor:
     """Sequence advantages of ``rewards`` ``[G, k]`` (G groups of k answers to one prompt).
 
@@ -69,19 +69,18 @@ def group_advantages(
         std = rewards.std(-1, keepdim=True) if rewards.shape[-1] > 1 else torch.zeros_like(rewards)
         return centred / (std + STD_EPS)
     if scale == "batch":
-        return centred / (_std(rewards, torch.ones_like(rewards), sum_fn) + STD_EPS)
+        return centred / (_batch_std(rewards, sum_fn) + STD_EPS)
     return centred
 
 
-def _std(values: torch.Tensor, mask: torch.Tensor, sum_fn: SumFn) -> torch.Tensor:
-    """Unbiased std of the ``mask``-ed entries of ``values``, over every rank with a
-    data-parallel ``sum_fn`` (two passes); in one process torch's own ``std``."""
-    if sum_fn is _local:
-        return values[mask.bool()].std()
-    n = sum_fn(mask.sum())
-    mean = sum_fn((values * mask).sum()) / n.clamp(min=1)
-    var = sum_fn((((values - mean) * mask) ** 2).sum()) / (n - 1).clamp(min=1)
-    return var.sqrt()
+def _batch_std(values: torch.Tensor, sum_fn: SumFn | None) -> torch.Tensor:
+    """Unbiased std of every entry of ``values``: torch's own in one process, two passes over
+    every rank's entries with a data-parallel ``sum_fn``."""
+    if sum_fn is None:
+        return values.std()
+    n = sum_fn(values.new_tensor(float(values.numel())))
+    mean = sum_fn(values.sum()) / n
+    return (sum_fn(((values - mean) ** 2).sum()) / (n - 1).clamp(min=1)).sqrt()
 
 
 def token_returns(
@@ -100,16 +99,17 @@ def token_returns(
 
 
 def batch_whiten(
-    values: torch.Tensor, mask: torch.Tensor, *, scale: bool, sum_fn: SumFn = _local
+    values: torch.Tensor, mask: torch.Tensor, *, scale: bool, sum_fn: SumFn | None = None
 ) -> torch.Tensor:
     """REINFORCE++: subtract the mean over all valid tokens and (``scale``) divide by their std
     (over every rank's tokens with a data-parallel ``sum_fn``)."""
-    n = sum_fn(mask.sum()).clamp(min=1)
-    mean = sum_fn((values * mask).sum()) / n
+    total = sum_fn or (lambda t: t)
+    n = total(mask.sum()).clamp(min=1)
+    mean = total((values * mask).sum()) / n
     centred = (values - mean) * mask
     if not scale:
         return centred
-    var = sum_fn((centred**2).sum()) / (n - 1).clamp(min=1)
+    var = total((centred**2).sum()) / (n - 1).clamp(min=1)
     return centred / (var.sqrt() + STD_EPS)
 
 

@@ -488,42 +488,18 @@ class _LoRACore:
 
     # ------------------------------------------------------------------ whole responses
     def score_responses(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        prompt_lens: torch.Tensor,
-        response_lens: torch.Tensor,
-        *,
-        entropy: bool = False,
-        reference: bool = False,
-        action_masks: torch.Tensor | None = None,
+        self, *tensors: torch.Tensor, reference: bool = False, **options: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs of whole responses, one forward per sequence (group algorithms).
-
-        The engine's :meth:`~rlhf_gym.agents.engine.LMEngine.score_responses` on this policy's
-        device. ``reference=True`` scores under the base model (the adapter disabled, no
-        gradients): the KL reference.
-
-        :param input_ids: ``[B, W]`` right-padded ``prompt + response`` ids.
-        :param attention_mask: ``[B, W]``.
-        :param prompt_lens: ``[B]``; :param response_lens: ``[B]`` (each at least 1).
-        :param action_masks: ``[B, vocab]`` bool, the tokens each row may emit (one mask per
-            sequence), or None.
-        :return: ``([B, T] log-probs, [B, T] entropies or None)``, T = the longest response.
-        """
-        ids = input_ids.to(self.device).long()
-        mask = attention_mask.to(self.device).long()
+        """Per-token log-probs of whole responses, one forward per sequence (group algorithms):
+        :meth:`rlhf_gym.agents.engine.LMEngine.score_responses` (its arguments, ``input_ids``,
+        ``attention_mask``, ``prompt_lens``, ``response_lens``, ``entropy``, ``action_masks``)
+        on this policy's device. ``reference=True`` scores under the base model (the adapter
+        disabled, no gradients): the KL reference."""
+        on_device = [t.to(self.device).long() for t in tensors]
         context = self.engine.reference() if reference else nullcontext()
         grad = torch.no_grad() if reference else nullcontext()
         with context, grad:
-            return self.engine.score_responses(
-                ids,
-                mask,
-                prompt_lens.to(self.device).long(),
-                response_lens.to(self.device).long(),
-                entropy=entropy,
-                action_masks=action_masks,
-            )
+            return self.engine.score_responses(*on_device, **options)
 
     # ------------------------------------------------------------------ distributions
     def _distribution(self, logits: torch.Tensor, action_masks: Any = None) -> Any:

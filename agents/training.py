@@ -226,13 +226,12 @@ class _Run:
         self.dist = distributed.info()
         check_model_path(cfg.model, "--model")
         check_model_path(cfg.tokenizer, "--tokenizer")
-        shard = {"shard": self.dist.shard} if self.dist.enabled else {}
         self.venv = make_vec_env(
             cfg.num_envs,
             seed=self.dist.env_seed(cfg.seed, cfg.num_envs),
+            shard=self.dist.shard,  # (0, 1) alone: every prompt
             **group_kwargs(cfg),
             **env_kwargs(cfg),
-            **shard,
         )
         self.eval_env = eval_env(cfg, self.venv.envs[0])
         self.metrics, self.positive_threshold = evaluation_extras(is_default_task(cfg))

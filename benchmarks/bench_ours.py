@@ -71,13 +71,12 @@ def _make(args: argparse.Namespace, name: str, group_size: int, **algo_kwargs: A
     from rlhf_gym.envs import make_vec_env
 
     info = distributed.info()  # one rank unless run under torchrun (the ``ranks`` section)
-    shard = {"shard": info.shard} if info.enabled else {}
     venv = make_vec_env(
         args.num_envs,
         seed=info.env_seed(TASK.seed, args.num_envs),
         group_size=group_size,
         **env_kwargs(args.new_tokens),
-        **shard,
+        shard=info.shard,
     )
     policy_kwargs: dict[str, Any] = {"dtype": args.dtype}
     if args.attn:

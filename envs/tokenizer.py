@@ -55,13 +55,12 @@ def load_tokenizer(
 def _from_pretrained(name: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     try:
         return load_tokenizer_files(name, trust_remote_code=trust_remote_code)
+    except FileNotFoundError as err:  # it already says where it looked and what to pass
+        raise OSError(f"could not load a tokenizer from {name!r}: {err}") from err
     except (OSError, ValueError) as err:
-        where = (
-            "local directory" if Path(name).exists() else "local directory nor a reachable hub id"
-        )
         raise OSError(
-            f"could not load a tokenizer from {name!r} (a {where}): {err}. Fix: pass the path of a "
-            "directory written by `tokenizer.save_pretrained(...)` or a hub id available offline."
+            f"could not load a tokenizer from {name!r} (a local directory): {err}. Fix: pass the "
+            "path of a directory written by `tokenizer.save_pretrained(...)`."
         ) from err
 
 

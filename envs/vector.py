@@ -50,7 +50,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
-from rlhf_gym.envs.episodes import EpisodeBatch
+from rlhf_gym.envs.episodes import EpisodeBatch, Task
 from rlhf_gym.envs.text_env import Obs, TextGenerationEnv
 
 
@@ -81,24 +81,24 @@ class TextGenerationVectorEnv(VectorEnv):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.group_size, self.rounds = _check_groups(num_envs, group_size, rounds)
-        first = TextGenerationEnv(**env_kwargs)  # builds the task (checks every argument)
+        render_mode = env_kwargs.pop("render_mode", None)
         #: The task, built once, and every env's episode as one [num_envs, L] batch: sub-env i
         #: is a view of row i (its own prompt RNG and sampler).
-        self.task = first.task
+        self.task = Task.build(**env_kwargs)
         self.episodes = EpisodeBatch(self.task, num_envs)
         self.envs: list[TextGenerationEnv] = [
             TextGenerationEnv(
-                task=self.task, episodes=self.episodes, index=i, render_mode=first.render_mode
+                task=self.task, episodes=self.episodes, index=i, render_mode=render_mode
             )
             for i in range(num_envs)
         ]
         self.num_envs = num_envs
-        self.render_mode = first.render_mode
+        self.render_mode = render_mode
         self.reward_fn = self.task.reward_fn
-        self.single_observation_space = first.observation_space
-        self.single_action_space = first.action_space
-        self.observation_space = batch_space(first.observation_space, num_envs)
-        self.action_space = batch_space(first.action_space, num_envs)
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self.observation_space = batch_space(self.envs[0].observation_space, num_envs)
+        self.action_space = batch_space(self.envs[0].action_space, num_envs)
         self.reward_calls = 0  # number of reward calls made, for tests and benchmarks
         self._episode_start = np.zeros(num_envs)
         self._idle = np.zeros(num_envs, dtype=bool)  # finished, waiting for the round to end

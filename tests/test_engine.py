@@ -10,23 +10,17 @@ import torch
 from rlhf_gym.agents import LoRAPolicy
 from rlhf_gym.agents.fused import _USE_MERGED
 from tests.test_agents_support import make_env, to_tensor_obs
+from tests.test_policy_cache import _policy
 
 
-def _policy(env, tiny_lm_dir: Path, fast: bool) -> LoRAPolicy:
+def _seeded_policy(env, tiny_lm_dir: Path, fast: bool) -> LoRAPolicy:
     torch.manual_seed(0)
-    return LoRAPolicy(
-        env.observation_space,
-        env.action_space,
-        lambda _: 1e-3,
-        model=str(tiny_lm_dir),
-        lora={"init_lora_weights": False},
-        fast_paths=fast,
-    )
+    return _policy(env, tiny_lm_dir, fast_paths=fast)
 
 
 def test_fast_paths_compute_the_plain_forwards_function(tiny_tokenizer_dir, tiny_lm_dir):
     env = make_env(tiny_tokenizer_dir, num_envs=3, max_new_tokens=5)
-    fast, plain = _policy(env, tiny_lm_dir, True), _policy(env, tiny_lm_dir, False)
+    fast, plain = _seeded_policy(env, tiny_lm_dir, True), _seeded_policy(env, tiny_lm_dir, False)
     plain.load_state_dict(fast.state_dict())
     fused = [m for m in plain.model.modules() if "forward" in m.__dict__]
     assert not fused, "fast_paths=False left a fused forward in the model"

@@ -15,13 +15,14 @@ from tests.test_agents_support import full_forward, make_env, to_tensor_obs
 EOS = 0
 
 
-def _policy(env, tiny_lm_dir: Path) -> LoRAPolicy:
+def _policy(env, tiny_lm_dir: Path, **options) -> LoRAPolicy:
     return LoRAPolicy(
         env.observation_space,
         env.action_space,
         lambda _: 1e-3,
         model=str(tiny_lm_dir),
         lora={"init_lora_weights": False},
+        **options,
     )
 
 
