@@ -84,11 +84,14 @@ def _report(err: Exception, *, debug: bool) -> int:
     from rlhf_gym.rewards.errors import RewardError
 
     training = sys.modules.get("rlhf_gym.agents.training")
+    main_rank = os.environ.get("RANK", "0") == "0"  # every rank ends alike; one says so
     if training is not None and isinstance(err, training.RunFinished):
-        console.print(str(err), highlight=False)
+        if main_rank:
+            console.print(str(err), highlight=False)
         return 0
     if training is not None and isinstance(err, training.RunStopped):
-        console.print(str(err), highlight=False)
+        if main_rank:
+            console.print(str(err), highlight=False)
         return 130  # the shell's code for a run ended by SIGINT
     actionable = (FileNotFoundError, ValueError, OSError, FloatingPointError, RewardError)
     if isinstance(err, (TypeError, KeyError)) and _raised_on_purpose(err):

@@ -238,6 +238,7 @@ class _Run:
         self.resumed_from = ckpt.latest_checkpoint(self.out) if cfg.resume else None
         self.eval_next: int = cfg.eval_every  # the evaluation schedule, saved in checkpoints
         self.stop_requested = False  # set by Ctrl-C: checkpoint at the next rollout and stop
+        self.checkpointed_at: int | None = None  # the step of this run's last checkpoint
         if cfg.resume and self.resumed_from is None:
             raise FileNotFoundError(
                 f"--resume: no checkpoint under {ckpt.checkpoint_dir(self.out)}; start without "
@@ -373,6 +374,7 @@ class _Run:
         (the weights and optimizer are equal on every rank); other ranks return ``None``."""
         controller = self._kl_controller()
         agent = self.agent
+        self.checkpointed_at = self.global_steps()
         states = distributed.all_gather_json(self._own_state())
         if not self.dist.is_main:
             return None
@@ -453,7 +455,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
     if distributed.any_rank(run.stop_requested):  # every rank takes the same branch
         raise RunStopped(
-            f"stopped by Ctrl-C after a checkpoint at step {run.global_steps()}; continue "
+            f"stopped by Ctrl-C after a checkpoint at step {run.checkpointed_at}; continue "
             f"with: rlhf-gym train --output-dir {out} --resume (and the same options)"
         )
     run.checkpoint()

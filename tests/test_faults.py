@@ -135,4 +135,5 @@ def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(run_args, tmp_path):
     assert "--resume" in " ".join(output.split())
     step = _latest_step(out)  # written by the stop: checkpoint-every alone would not have
     assert 0 < step < 24000
+    assert f"after a checkpoint at step {step};" in " ".join(output.split())  # that one
     _finishes(run_args, step + 24, out)
