@@ -36,19 +36,18 @@ import torch
 from peft import PeftModel
 from torch import nn
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from rlhf_gym.agents.fused import RolloutMerge
 from rlhf_gym.agents.kv_cache import BufferCache, LMCallResult, RolloutKVCache, decode_attention
 from rlhf_gym.agents.response_scoring import (
     chunked_log_probs,
     lm_head,
-    no_logits,
     project,
     tokens_per_chunk,
 )
 from rlhf_gym.agents.response_scoring import score_responses as _score_responses
 from rlhf_gym.agents.sequence_eval import group_by_prefix
+from rlhf_gym.agents.shared_prefix import plain_layers, trunk_hidden
 
 
 class CacheUnsupported(RuntimeError):
@@ -61,7 +60,7 @@ class LMEngine:
     :param model: the LoRA-adapted model (``peft.PeftModel``); the engine never copies it.
     :param fast_paths: the same-function fast paths (KV cache, merged rollout weights); off:
         plain full forwards.
-    :param use_kv_cache, merge_for_rollout: each fast path alone.
+    :param use_kv_cache, merge_for_rollout, share_prefix: each fast path alone.
     :param eval_chunk_size: sequences per forward in scoring passes.
     :param logit_memory_mb: budget of one ``[tokens, vocab]`` float32 block of logits.
     :param gradient_checkpointing: the model checkpoints its layers in gradient passes.
@@ -74,6 +73,7 @@ class LMEngine:
         fast_paths: bool = True,
         use_kv_cache: bool = True,
         merge_for_rollout: bool = True,
+        share_prefix: bool = True,
         eval_chunk_size: int = 64,
         logit_memory_mb: float = 256.0,
         gradient_checkpointing: bool = False,
@@ -84,6 +84,7 @@ class LMEngine:
         self.fast_paths = bool(fast_paths)
         self.use_kv_cache = bool(use_kv_cache)
         self.merge_for_rollout = bool(merge_for_rollout)
+        self.share_prefix = bool(share_prefix)
         self.eval_chunk_size = int(eval_chunk_size)
         self.logit_memory_mb = float(logit_memory_mb)
         self.gradient_checkpointing = bool(gradient_checkpointing)
@@ -152,6 +153,7 @@ class LMEngine:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if use_cache and self.fast_paths and self.use_kv_cache:
             cache = self._kv_caches.setdefault(ids.shape[0], RolloutKVCache())
+            cache.share_prefix = self.share_prefix
             key = self._fingerprint() if fingerprint is None else fingerprint
             try:
                 return cache.step(self._lm_call, ids, mask, key)
@@ -171,12 +173,13 @@ class LMEngine:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
-        cache: BufferCache | None,
+        cache: DynamicCache | None,
     ) -> LMCallResult:
         """One incremental forward for the KV cache: outputs at each row's last fed token.
 
-        With ``cache=None`` it starts a fresh ``DynamicCache`` and returns its keys/values; with a
-        :class:`~rlhf_gym.agents.kv_cache.BufferCache` the model writes into it in place.
+        With ``cache=None`` it starts a fresh ``DynamicCache``, with a plain one it extends it,
+        and returns its keys/values; with a :class:`~rlhf_gym.agents.kv_cache.BufferCache` the
+        model writes into it in place.
         """
         kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
         if self._has_logits_to_keep:
@@ -192,13 +195,13 @@ class LMEngine:
             )
         logits = out.logits[:, -1].float()  # [N, vocab]
         hidden = out.hidden_states[-1][:, -1].float()  # [N, hidden]
-        if cache is not None:
+        if isinstance(cache, BufferCache):
             return LMCallResult(logits, hidden, None)
         new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        layers = getattr(new_cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        past = plain_layers(new_cache)
+        if past is None:
             raise CacheUnsupported(type(new_cache).__name__)
-        return LMCallResult(logits, hidden, [(layer.keys, layer.values) for layer in layers])
+        return LMCallResult(logits, hidden, past)
 
     # ------------------------------------------------------------------ scoring passes
     def last_token_outputs(
@@ -231,16 +234,14 @@ class LMEngine:
             width = int(groups.lengths[rows].max())
             ids = input_ids[rows, :width]  # [g, width]
             with self._training_forward():
-                out = self.model(
-                    input_ids=ids,
-                    attention_mask=attention_mask[rows, :width],
-                    position_ids=torch.arange(width, device=ids.device).expand(len(rows), width),
-                    use_cache=False,
-                    output_hidden_states=True,
-                    **no_logits(self.model, ids.device),
-                )
+                hidden, offset = trunk_hidden(
+                    self.model,
+                    ids,
+                    attention_mask[rows, :width],
+                    limit=int(pos.min()) if self._share_prefix() else 0,
+                )  # [g, width - offset, hidden]
             order_parts.append(members)
-            hidden_parts.append(out.hidden_states[-1][local, pos])  # [n, hidden]
+            hidden_parts.append(hidden[local, pos - offset])  # [n, hidden]
         return torch.cat(hidden_parts), torch.cat(order_parts)
 
     def score_actions(
@@ -313,6 +314,7 @@ class LMEngine:
                     budget_mb=self.logit_memory_mb,
                     entropy=entropy,
                     action_masks=None if action_masks is None else action_masks[rows],
+                    share_prefix=self._share_prefix(),
                 )
                 pad = longest - lp.shape[1]
                 parts.append(
@@ -325,6 +327,14 @@ class LMEngine:
         if not entropy:
             return log_prob, None
         return log_prob, torch.cat([p[1] for p in parts])  # type: ignore[misc]
+
+    def _share_prefix(self) -> bool:
+        """Whether a scoring pass runs its rows' common leading tokens once
+        (:mod:`~rlhf_gym.agents.shared_prefix`); not under gradient checkpointing, whose
+        recomputed layers would append to the shared cache a second time."""
+        if not (self.fast_paths and self.share_prefix):
+            return False
+        return not (self.gradient_checkpointing and torch.is_grad_enabled())
 
     @contextmanager
     def _training_forward(self) -> Iterator[None]:

@@ -178,6 +178,7 @@ def completion_logprobs(
             prompt_lens.to(device),
             response_lens.to(device),
             budget_mb=budget_mb,
+            share_prefix=True,
         )
         for i, (_, c) in enumerate(chunk):
             result.append(logp[i, : len(c)].cpu().numpy())

@@ -39,6 +39,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
+from rlhf_gym.agents.shared_prefix import expanded_cache, shared_prefix_length
+
 
 class _Span:
     """The columns ``[start, end)`` of the buffers that hold the cached tokens (shared by layers)."""
@@ -103,9 +105,10 @@ class LMCallResult(NamedTuple):
 
 
 #: ``call(input_ids [n, t], attention_mask [n, T_past + t], position_ids [n, t], cache | None)``.
-#: With ``cache=None`` the call starts a fresh cache and returns its keys/values in ``past``;
-#: with a :class:`BufferCache` the model writes into it and ``past`` may be None.
-LMCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "BufferCache | None"], LMCallResult]
+#: With ``cache=None`` the call starts a fresh cache, with a plain ``DynamicCache`` (a shared
+#: prefix) it extends that one, and either way returns the whole cache's keys/values in
+#: ``past``; with a :class:`BufferCache` the model writes into it and ``past`` may be None.
+LMCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "Cache | None"], LMCallResult]
 
 
 def decode_attention(device: torch.device | str) -> AbstractContextManager[Any]:
@@ -137,7 +140,9 @@ class RolloutKVCache:
     #: Extra columns allocated past the current need, so short rollouts never reallocate.
     MIN_HEADROOM = 64
 
-    def __init__(self) -> None:
+    def __init__(self, *, share_prefix: bool = True) -> None:
+        #: Prefill the rows' common leading tokens once (:func:`_prefill_shared`).
+        self.share_prefix = share_prefix
         self.span = _Span()
         #: One per model layer, each holding that layer's key and value buffers.
         self.layers: list[BufferLayer] = []
@@ -287,16 +292,26 @@ class RolloutKVCache:
         *,
         fresh_outputs: bool,
     ) -> int:
-        """Feed ``rows`` whole, right-aligned, then write their keys/values into the buffers."""
+        """Feed ``rows`` whole, right-aligned, then write their keys/values into the buffers.
+
+        With ``share_prefix`` the rows' common leading tokens are fed once
+        (:func:`_prefill_shared`); the buffers end up the same up to float rounding.
+        """
         lens = lengths[rows]
         width_p = int(lens.max())
-        cols = torch.arange(width_p, device=input_ids.device)
-        mask = (cols[None, :] >= width_p - lens[:, None]).long()
-        # Right-align each row's tokens: column c holds token c - (width_p - len).
-        src = (cols[None, :] - (width_p - lens[:, None])).clamp(min=0)
-        ids = torch.gather(input_ids[rows, :width_p], 1, src) * mask
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        result = call(ids, mask, position_ids, None)
+        prefix = 0
+        if self.share_prefix:  # the last token of every row must stay out of the prefix
+            prefix = shared_prefix_length(input_ids[rows, :width_p], int(lens.min()) - 1)
+        result = _prefill_shared(call, input_ids[rows], lens, prefix) if prefix else None
+        fed = int(lens.sum()) if result is None else prefix + int((lens - prefix).sum())
+        if result is None:
+            cols = torch.arange(width_p, device=input_ids.device)
+            mask = (cols[None, :] >= width_p - lens[:, None]).long()
+            # Right-align each row's tokens: column c holds token c - (width_p - len).
+            src = (cols[None, :] - (width_p - lens[:, None])).clamp(min=0)
+            ids = torch.gather(input_ids[rows, :width_p], 1, src) * mask
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            result = call(ids, mask, position_ids, None)
         assert result.past is not None
         whole_batch = len(rows) == batch
         if whole_batch:
@@ -317,4 +332,55 @@ class RolloutKVCache:
         for (k_new, v_new), layer in zip(result.past, self.layers, strict=True):
             layer.key_buffer[target, :, start:end] = k_new
             layer.value_buffer[target, :, start:end] = v_new
-        return int(lens.sum())
+        return fed
+
+
+def _prefill_shared(
+    call: LMCall, input_ids: torch.Tensor, lens: torch.Tensor, prefix: int
+) -> LMCallResult | None:
+    """A prefill that feeds the ``prefix`` tokens every row begins with once.
+
+    The prefix runs as a batch of one; each row's remaining tokens are fed right-aligned after
+    it (holes between the two masked out, explicit positions), so the model returns keys/values
+    laid out ``[prefix | holes | rest]``. One gather per layer moves each row's prefix next to its
+    rest, giving the layout of the plain prefill: every row's tokens right-aligned in
+    ``[0, max(lens))``. Outputs at each row's last token come from the second call. None when
+    the model's cache cannot be shared (the caller then prefills as usual).
+
+    :param input_ids: ``[n, L]`` left-aligned rows whose first ``prefix`` tokens agree.
+    :param lens: ``[n]`` valid tokens per row, each more than ``prefix``.
+    """
+    device = input_ids.device
+    n = input_ids.shape[0]
+    first = call(
+        input_ids[:1, :prefix],
+        torch.ones(1, prefix, dtype=torch.long, device=device),
+        torch.arange(prefix, device=device)[None, :],
+        None,
+    )
+    if first.past is None:
+        return None
+    rest = lens - prefix  # [n] tokens after the prefix, each >= 1
+    width_r = int(rest.max())
+    cols = torch.arange(width_r, device=device)
+    hole = width_r - rest  # [n] masked columns before each row's rest
+    mask_r = (cols[None, :] >= hole[:, None]).long()  # [n, width_r]
+    src = (cols[None, :] - hole[:, None] + prefix).clamp(min=prefix)
+    ids = torch.gather(input_ids, 1, src.clamp(max=input_ids.shape[1] - 1)) * mask_r
+    position_ids = prefix + (mask_r.cumsum(-1) - 1).clamp(min=0)  # [n, width_r]
+    mask = torch.cat([mask_r.new_ones(n, prefix), mask_r], dim=1)  # [n, prefix + width_r]
+    result = call(ids, mask, position_ids, expanded_cache(first.past, n))
+    if result.past is None:
+        return None
+    # Target column c of row b (width prefix + width_r, holes first): the prefix occupies
+    # [hole_b, hole_b + prefix) and comes from source column c - hole_b; the rest stays in place;
+    # the holes read any column (they are masked out of every later step).
+    out_cols = torch.arange(prefix + width_r, device=device)
+    offset = out_cols[None, :] - hole[:, None]  # [n, width]
+    in_prefix = (offset >= 0) & (offset < prefix)
+    index = torch.where(in_prefix, offset, out_cols[None, :])  # [n, width]
+    past = []
+    for k, v in result.past:
+        idx = index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        past.append((torch.gather(k, 2, idx), torch.gather(v, 2, idx)))
+    return LMCallResult(result.logits, result.hidden, past)

@@ -26,6 +26,8 @@ engine (:class:`~rlhf_gym.agents.engine.LMEngine`, ``policy.engine``). Together:
   adapted weight (``merge_for_rollout``, :class:`~rlhf_gym.agents.fused.RolloutMerge`): one
   matmul per adapted layer per decode step instead of three, rebuilt whenever the adapter
   changes and freed before training;
+- a batch's common leading tokens (a chat template's system turn) run once per forward, not
+  once per row (``share_prefix``, :mod:`rlhf_gym.agents.shared_prefix`);
 - the KL reference is the same model with the adapter disabled (:meth:`reference_log_prob`):
   no second copy of the weights exists;
 - the model gets two same-function rewrites (:mod:`rlhf_gym.agents.fused`): a fused LoRA
@@ -150,6 +152,7 @@ class _LoRACore:
         trust_remote_code: bool = False,
         use_kv_cache: bool = True,
         merge_for_rollout: bool = True,
+        share_prefix: bool = True,
         eval_chunk_size: int = 64,
         logit_memory_mb: float = 256.0,
         gradient_checkpointing: bool = False,
@@ -184,6 +187,10 @@ class _LoRACore:
             :class:`~rlhf_gym.agents.fused.RolloutMerge`). It costs one copy of the adapted
             weights while a rollout runs (freed before training); turn it off when the model
             barely fits in memory. Training and the KL reference never use it.
+        :param share_prefix: run the tokens that every sequence of a forward begins with (a
+            chat template's system turn) once, not once per row, in the rollout's prefill, the
+            KL reference pass, training forwards and response scoring
+            (:mod:`rlhf_gym.agents.shared_prefix`); off under gradient checkpointing.
         :param eval_chunk_size: sequences per forward in training-time evaluation.
         :param logit_memory_mb: budget of one ``[tokens, vocab]`` float32 block when whole
             responses are scored (:meth:`score_responses`); the vocabulary projection runs in
@@ -243,6 +250,7 @@ class _LoRACore:
             fast_paths=fast_paths,
             use_kv_cache=use_kv_cache,
             merge_for_rollout=merge_for_rollout,
+            share_prefix=share_prefix,
             eval_chunk_size=eval_chunk_size,
             logit_memory_mb=logit_memory_mb,
             gradient_checkpointing=gradient_checkpointing,
@@ -289,6 +297,14 @@ class _LoRACore:
     @merge_for_rollout.setter
     def merge_for_rollout(self, value: bool) -> None:
         self.engine.merge_for_rollout = bool(value)
+
+    @property
+    def share_prefix(self) -> bool:
+        return self.engine.share_prefix
+
+    @share_prefix.setter
+    def share_prefix(self, value: bool) -> None:
+        self.engine.share_prefix = bool(value)
 
     @property
     def eval_chunk_size(self) -> int:
@@ -422,6 +438,7 @@ class _LoRACore:
             trust_remote_code=self.trust_remote_code,
             use_kv_cache=self.use_kv_cache,
             merge_for_rollout=self.merge_for_rollout,
+            share_prefix=self.share_prefix,
             eval_chunk_size=self.eval_chunk_size,
             logit_memory_mb=self.logit_memory_mb,
             gradient_checkpointing=self.gradient_checkpointing,

@@ -20,7 +20,6 @@ the tests); models that post-process logits with a soft cap (Gemma 2/3's
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -28,17 +27,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rlhf_gym.agents.distributions import MASKED_LOGIT
+from rlhf_gym.agents.shared_prefix import trunk_hidden
 
 #: Bytes per vocabulary entry of a scored token: float32 logits, exp and one temporary.
 _BYTES_PER_LOGIT = 12
-
-
-def no_logits(model: Any, device: torch.device) -> dict[str, Any]:
-    """Forward kwargs that ask ``model`` for no logits, when its forward takes ``logits_to_keep``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
-        return {}
-    return {"logits_to_keep": torch.empty(0, dtype=torch.long, device=device)}
 
 
 def lm_head(model: Any) -> tuple[nn.Module, float | None]:
@@ -144,6 +136,7 @@ def score_responses(
     budget_mb: float,
     entropy: bool = False,
     action_masks: torch.Tensor | None = None,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of each row's response under ``model``, one forward for the batch.
 
@@ -153,24 +146,20 @@ def score_responses(
     :param response_lens: ``[B]`` response tokens per row (at least 1).
     :param budget_mb: memory budget of one ``[chunk, vocab]`` block.
     :param action_masks: ``[B, vocab]`` bool tokens each row may emit (masked as in sampling).
+    :param share_prefix: run the rows' common leading tokens once
+        (:mod:`rlhf_gym.agents.shared_prefix`; they stop before the first scored position).
     :return: ``([B, T] log-probs, [B, T] entropies or None)``, ``T`` the longest response,
         zero where ``j >= response_lens[b]``.
     """
     batch, width = input_ids.shape
-    position_ids = torch.arange(width, device=input_ids.device).expand(batch, width)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-        output_hidden_states=True,
-        **no_logits(model, input_ids.device),
-    )
-    hidden = out.hidden_states[-1]  # [B, W, hidden]: the LM head's input
+    # The first scored position is prompt_len - 1: a shared prefix must end before it.
+    limit = int(prompt_lens.min()) - 1 if share_prefix and batch > 1 else 0
+    hidden, offset = trunk_hidden(model, input_ids, attention_mask, limit=limit)
+    # hidden: [B, W - offset, hidden], the LM head's input at positions offset..W-1
     positions, valid = response_positions(prompt_lens, response_lens, width)
     rows = torch.arange(batch, device=input_ids.device)[:, None].expand_as(positions)
     # The token at position p is predicted by the hidden state at p - 1.
-    h = hidden[rows[valid], positions[valid] - 1]  # [N, hidden]
+    h = hidden[rows[valid], positions[valid] - 1 - offset]  # [N, hidden]
     tokens = input_ids[rows[valid], positions[valid]]  # [N]
     head, softcap = lm_head(model)
     vocab = int(head.weight.shape[0])

@@ -1,0 +1,185 @@
+"""A batch's common leading tokens run once (``share_prefix``), with the plain forward's results.
+
+Chat prompts begin with the same template turn; :mod:`rlhf_gym.agents.shared_prefix` feeds it
+once per forward instead of once per row. These tests compare every pass against the same
+policy with ``share_prefix=False`` (GPT-2's learned positions and Llama's rotary ones), and
+check that the prefix was in fact fed once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_gym.agents import LoRAPolicy
+from rlhf_gym.agents.shared_prefix import MIN_SHARED_TOKENS, shared_prefix_length
+from tests import _tiny
+from tests.test_agents_support import make_env, to_tensor_obs
+
+#: Every prompt starts with this "system turn" (about 30 tokens under the tiny tokenizer).
+SYSTEM = "the movie was great and the acting was wonderful, thank you\n"
+PROMPTS = [f"{SYSTEM}{p}" for p in ("hello world", "the movie", "write a poem", "i love")]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def lm_dir(request: pytest.FixtureRequest, tmp_path_factory, tiny_tokenizer) -> Path:
+    build = _tiny.build_lm if request.param == "gpt2" else _tiny.build_llama_lm
+    model = build(len(tiny_tokenizer))
+    return _tiny.save_model(tmp_path_factory.mktemp(request.param), model, tiny_tokenizer)
+
+
+def _env(tokenizer_dir: Path, num_envs: int = 4):
+    from rlhf_gym.envs import make_vec_env
+    from tests.test_agents_support import target_fraction
+
+    return make_vec_env(
+        num_envs,
+        seed=0,
+        tokenizer=str(tokenizer_dir),
+        prompts=PROMPTS,
+        reward=target_fraction,
+        max_prompt_tokens=64,
+        max_new_tokens=5,
+    )
+
+
+def _policies(env, lm_dir: Path) -> tuple[LoRAPolicy, LoRAPolicy]:
+    pair = []
+    for share in (True, False):
+        torch.manual_seed(0)
+        pair.append(
+            LoRAPolicy(
+                env.observation_space,
+                env.action_space,
+                lambda _: 1e-3,
+                model=str(lm_dir),
+                lora={"init_lora_weights": False},
+                share_prefix=share,
+            )
+        )
+    pair[1].load_state_dict(pair[0].state_dict())
+    return pair[0], pair[1]
+
+
+class _Fed:
+    """Counts the tokens each forward of ``model`` is fed (batch x new tokens)."""
+
+    def __init__(self, model: Any) -> None:
+        self.calls: list[tuple[int, int]] = []
+        original = model.forward
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            ids = kwargs["input_ids"]
+            self.calls.append((int(ids.shape[0]), int(ids.shape[1])))
+            return original(*args, **kwargs)
+
+        model.forward = spy
+
+    def tokens(self) -> int:
+        total = sum(b * t for b, t in self.calls)
+        self.calls.clear()
+        return total
+
+
+def _rollout(env, policy: LoRAPolicy, steps: int) -> list[dict[str, np.ndarray]]:
+    obs = env.reset()
+    seen = []
+    for _ in range(steps):
+        seen.append(obs)
+        with torch.no_grad():
+            actions, _, _ = policy(to_tensor_obs(obs))
+        obs, _, _, _ = env.step(actions.numpy())
+    return seen
+
+
+def test_prefix_length_stops_at_the_limit_and_ignores_short_or_single_rows() -> None:
+    ids = torch.tensor([[5] * 12 + [1, 2], [5] * 12 + [3, 4]])
+    assert shared_prefix_length(ids, limit=13) == 12
+    assert shared_prefix_length(ids, limit=10) == 10
+    assert shared_prefix_length(ids, limit=MIN_SHARED_TOKENS - 1) == 0
+    assert shared_prefix_length(ids[:1], limit=13) == 0
+    ids[1, 3] = 7
+    assert shared_prefix_length(ids, limit=13) == 0  # 3 tokens in common: not worth it
+
+
+def test_rollout_prefill_feeds_the_prefix_once(tiny_tokenizer_dir: Path, lm_dir: Path) -> None:
+    env_a, env_b = _env(tiny_tokenizer_dir), _env(tiny_tokenizer_dir)  # the same prompts
+    shared, plain = _policies(env_a, lm_dir)
+    obs_a, obs_b = env_a.reset(), env_b.reset()
+    lengths = obs_a["attention_mask"].sum(-1)
+    prefix = shared_prefix_length(torch.as_tensor(obs_a["input_ids"]), int(lengths.min()) - 1)
+    assert prefix >= 15
+    for step in range(5):
+        with torch.no_grad():
+            logits_s, hidden_s = shared._last_outputs(to_tensor_obs(obs_a), use_cache=True)
+            logits_p, hidden_p = plain._last_outputs(to_tensor_obs(obs_b), use_cache=True)
+        torch.testing.assert_close(logits_s, logits_p, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(hidden_s, hidden_p, atol=2e-5, rtol=1e-5)
+        if step == 0:
+            fed = shared.kv_cache(4).tokens_fed_last
+            assert fed == prefix + int((lengths - prefix).sum())
+            assert plain.kv_cache(4).tokens_fed_last == int(lengths.sum())
+        actions = logits_s.argmax(-1).numpy()
+        obs_a, _, _, _ = env_a.step(actions)
+        obs_b, _, _, _ = env_b.step(actions)
+
+
+def test_training_pass_matches_with_gradients(tiny_tokenizer_dir: Path, lm_dir: Path) -> None:
+    env = _env(tiny_tokenizer_dir)
+    shared, plain = _policies(env, lm_dir)
+    seen = _rollout(env, plain, steps=5)
+    batch = {k: np.concatenate([o[k] for o in seen]) for k in seen[0]}
+    obs = to_tensor_obs(batch)
+    actions = torch.as_tensor(np.random.default_rng(0).integers(0, 50, len(batch["input_ids"])))
+    counter = _Fed(shared.model)
+    results = []
+    for policy in (shared, plain):
+        policy.optimizer.zero_grad()
+        values, log_prob, entropy = policy.evaluate_actions(obs, actions)
+        (log_prob.sum() + entropy.sum()).backward()
+        grads = [p.grad.clone() for p in policy.model.parameters() if p.requires_grad]
+        results.append((log_prob.detach(), entropy.detach(), values.detach(), grads))
+        if policy is shared:
+            # One forward of the 4 longest observations, minus 3 copies of the prefix.
+            assert counter.calls[0][0] == 1, counter.calls
+    (lp_s, ent_s, v_s, g_s), (lp_p, ent_p, v_p, g_p) = results
+    torch.testing.assert_close(lp_s, lp_p, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_s, ent_p, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v_s, v_p, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_s, g_p, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_reference_and_response_scoring_match(tiny_tokenizer_dir: Path, lm_dir: Path) -> None:
+    env = _env(tiny_tokenizer_dir)
+    shared, plain = _policies(env, lm_dir)
+    seen = _rollout(env, plain, steps=5)
+    final = to_tensor_obs(seen[-1])
+    ids = final["input_ids"].long()
+    mask = final["attention_mask"].long()
+    prompt_lens = torch.as_tensor(seen[0]["attention_mask"].sum(-1))
+    response_lens = mask.sum(-1) - prompt_lens
+    counter = _Fed(shared.model)
+    out = []
+    for policy in (shared, plain):
+        with torch.no_grad():
+            ref = policy.reference_log_prob(final, ids[:, 0])
+        lp, _ = policy.score_responses(ids, mask, prompt_lens, response_lens)
+        out.append((ref, lp))
+        if policy is shared:
+            assert (1, shared_prefix_length(ids, int(prompt_lens.min()) - 1)) in counter.calls
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-5, rtol=1e-5)
+
+
+def test_distinct_prompts_run_the_plain_forward(tiny_tokenizer_dir: Path, lm_dir: Path) -> None:
+    env = make_env(tiny_tokenizer_dir, 4, max_prompt_tokens=16, max_new_tokens=3)
+    shared, _ = _policies(env, lm_dir)
+    counter = _Fed(shared.model)
+    with torch.no_grad():
+        shared(to_tensor_obs(env.reset()))
+    assert all(batch == 4 for batch, _ in counter.calls)  # no batch-of-one prefix forward
