@@ -232,14 +232,16 @@ class RolloutKVCache:
         """
         batch, obs_len = input_ids.shape
         lengths = attention_mask.sum(-1)
-        if int(lengths.min()) < 1:
-            raise ValueError("Every observation must hold at least one token (the prompt).")
-        if self.ids is None or self.ids.shape != input_ids.shape or fingerprint != self.fingerprint:
+        fresh = self.ids is None or self.ids.shape != input_ids.shape
+        if fresh or fingerprint != self.fingerprint:
+            shortest, longest = torch.stack([lengths.min(), lengths.max()]).tolist()
+            if shortest < 1:
+                raise ValueError("Every observation must hold at least one token (the prompt).")
             self.clear()
             self.fingerprint = fingerprint
             prefill = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
             extend = torch.zeros_like(prefill)
-            extended = False
+            extended, n_prefill = False, batch
         else:
             assert self.lengths is not None
             positions = torch.arange(obs_len, device=input_ids.device)
@@ -247,16 +249,23 @@ class RolloutKVCache:
             prefix_ok = ((self.ids == input_ids) | ~in_cache).all(-1)
             extend = prefix_ok & (lengths == self.lengths + 1)
             same = prefix_ok & (lengths == self.lengths)
-            extended = bool(extend.any())
+            # Every decision this step needs, read from the device in ONE transfer (one host
+            # sync per decode step, not one per question: on a GPU each sync stalls the queue).
+            stats = torch.stack([lengths.min(), lengths.max(), extend.sum(), same.sum()])
+            shortest, longest, n_extend, n_same = stats.tolist()
+            if shortest < 1:
+                raise ValueError("Every observation must hold at least one token (the prompt).")
+            extended = n_extend > 0
             # A reused row cannot sit out a batched extend (its column would move): re-prefill it.
             prefill = ~extend if extended else ~same
+            n_prefill = batch - (n_extend if extended else n_same)
         fed = 0
         if extended:
             fed += self._extend(call, input_ids, extend)
-        rows_p = prefill.nonzero().flatten()
-        if len(rows_p) > 0:
+        if n_prefill > 0:
+            rows_p = prefill.nonzero().flatten()
             fed += self._prefill(call, input_ids, lengths, rows_p, batch, fresh_outputs=extended)
-        keep = int(lengths.max())
+        keep = longest
         if self.width > keep:  # the longest rows were reset: stop attending over their columns
             self.span.start = self.span.end - keep
         self.ids = input_ids.clone()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlhf_gym.agents import LoRAPolicy, RolloutKVCache
+from rlhf_gym.agents import kv_cache as kv_cache_module
 from tests import _tiny
 from tests.test_agents_support import full_forward, make_env, to_tensor_obs
 
@@ -225,3 +228,62 @@ def test_every_cached_decode_call_runs_under_decode_attention(
         obs, _, _, _ = env.step(actions.numpy())
     assert lm_calls[0] == 3  # one prefill, then one extend per step
     assert seen == [policy.device] * 3
+
+
+class _HostReads(TorchDispatchMode):
+    """Records every device-to-host read (``item``/``int``/``bool`` of a tensor, ``nonzero``,
+    ``tolist``) made from rlhf_gym's own files, by file and line: each one is a host sync on a
+    GPU. Reads inside transformers or torch are not ours to remove and are left out."""
+
+    ROOT = str(Path(kv_cache_module.__file__).resolve().parent.parent)
+    OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.equal", "aten.is_nonzero")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def record(self) -> None:
+        """Attribute the read to the innermost frame outside this test file and torch."""
+        torch_dir = str(Path(torch.__file__).parent)
+        frames = [
+            f
+            for f in traceback.extract_stack()
+            if f.filename != __file__ and not f.filename.startswith(torch_dir)
+        ]
+        caller = frames[-1].filename
+        if caller.startswith(self.ROOT) and "site-packages" not in caller:
+            self.reads.append(f"{Path(caller).name}:{frames[-1].lineno}")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if str(func).startswith(self.OPS):
+            self.record()
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_decode_step_reads_the_device_once_before_the_forward(
+    tiny_tokenizer_dir: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU every host read waits for the queue: a steady decode step (every row extends)
+    reads the cache's decisions in one transfer, and the sampler checks for NaN once."""
+    env = make_env(tiny_tokenizer_dir, num_envs=3, max_new_tokens=8, stop_on_eos=False)
+    policy = _policy(env, tiny_lm_dir)
+    counter = _HostReads()
+    original_tolist = torch.Tensor.tolist
+
+    def tolist(self: torch.Tensor):  # type: ignore[no-untyped-def]
+        counter.record()
+        return original_tolist(self)
+
+    obs = env.reset()
+    for step in range(5):
+        if step == 3:
+            monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+            with counter, torch.no_grad():
+                actions, _, _ = policy(to_tensor_obs(obs))
+            monkeypatch.undo()
+        else:
+            with torch.no_grad():
+                actions, _, _ = policy(to_tensor_obs(obs))
+        obs, _, _, _ = env.step(actions.numpy())
+    reads = counter.reads
+    assert sorted(Path(r.split(":")[0]).stem for r in reads) == ["distributions", "kv_cache"], reads
