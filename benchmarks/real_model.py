@@ -29,6 +29,7 @@ GET_MODEL = BENCH_DIR.parent.parent / "shared" / "models" / "get_smollm2.sh"
 TRL_PYTHON = BENCH_DIR / ".venv-trl" / "bin" / "python"
 LABELS = {
     "ours-ppo1": "ours: PPO, whole rollout as one minibatch, 1 epoch",
+    "ours-ppo1-plain": "the same without share_prefix (the system turn once per row)",
     "ours-ppo4": "ours: PPO, 4 epochs of minibatches of 256",
     "ours-grpo": "ours: GRPO, 8 prompts x 4, beta in the loss",
     "trl": "TRL GRPOTrainer, 8 prompts x 4, beta 0.04",
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (MODEL_DIR / "model.safetensors").exists():
         subprocess.run(["bash", str(GET_MODEL), str(MODEL_DIR), str(TRL_PYTHON)], check=True)
     res: dict[str, dict[str, Any]] = {}
-    for mode in ("ours-ppo1", "trl", "ours-grpo", "ours-ppo4", "generate"):
+    for mode in ("ours-ppo1", "trl", "ours-grpo", "ours-ppo4", "ours-ppo1-plain", "generate"):
         python = TRL_PYTHON if mode == "trl" else sys.executable
         res[mode] = worker(python, mode, args.updates)
     trl = res["trl"]
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{gen['peak_rss_mb']:,.0f} | | |")  # fmt: skip
         lines.append(f"| rollout of ours-ppo1 (KL reference pass included) / generate | "
                      f"{gen['generate_s'] / ppo['rollout_s']:.2f}x | {ppo['rollout_s']:.1f} | | | |")  # fmt: skip
+        plain = res["ours-ppo1-plain"]
+        if "error" not in plain:
+            lines.append(f"| the same without share_prefix / generate | "
+                         f"{gen['generate_s'] / plain['rollout_s']:.2f}x | {plain['rollout_s']:.1f} | | | |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     errors = {m: r["error"][-500:] for m, r in res.items() if "error" in r}
