@@ -11,7 +11,9 @@ chunks of at most ``max(1, budget // (vocab * 12 bytes))`` tokens (a float32 ``[
 block plus the softmax temporaries). With gradients each chunk runs under activation
 checkpointing, so autograd keeps only the chunk's ``[chunk, hidden]`` input and recomputes the
 ``[chunk, vocab]`` block in backward: peak memory is one block, not ``[tokens, vocab]``. When
-every token fits in one block the chunk runs without checkpointing (nothing to save).
+every token fits in one block the chunk runs without checkpointing (nothing to save). A frozen
+plain ``nn.Linear`` head (the usual case) skips both: :mod:`rlhf_gym.agents.fused_log_probs`
+computes each block's log-probs and their gradients in one pass.
 
 The last hidden state the model reports is the LM head's input (checked for GPT-2 and Llama in
 the tests); models that post-process logits with a soft cap (Gemma 2/3's
@@ -27,6 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rlhf_gym.agents.distributions import MASKED_LOGIT
+from rlhf_gym.agents.fused_log_probs import fusable_head, fused_token_log_probs
 from rlhf_gym.agents.shared_prefix import trunk_hidden
 
 #: Bytes per vocabulary entry of a scored token: float32 logits, exp and one temporary.
@@ -94,6 +97,7 @@ def chunked_log_probs(
     if n == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, (empty if entropy else None)
+    fused = fusable_head(head, softcap)
     recompute = torch.is_grad_enabled() and n > chunk
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     for start in range(0, n, chunk):
@@ -101,7 +105,9 @@ def chunked_log_probs(
         allowed = None
         if masks is not None and mask_rows is not None:
             allowed = masks[mask_rows[start : start + chunk]]
-        if recompute:
+        if fused:  # one pass per block, nothing recomputed (rlhf_gym.agents.fused_log_probs)
+            out = fused_token_log_probs(head, h, t, entropy=entropy, allowed=allowed)  # type: ignore[arg-type]
+        elif recompute:
             out = checkpoint(
                 _score_chunk, head, h, t, softcap, entropy, allowed, use_reentrant=False
             )
