@@ -192,7 +192,7 @@ class KLControlMixin(ResumableLoop):
         wanted = float(getattr(self, "ent_coef", 0.0) or 0.0) != 0.0
         entropy = policy.entropy_in_training(wanted) if isinstance(policy, _LoRACore) else None
         with entropy or contextlib.nullcontext():
-            if distributed.enabled():
+            if distributed.enabled() or getattr(self, "grad_chunk_size", None) is not None:
                 self.train_data_parallel()
             else:
                 super().train()  # type: ignore[misc]

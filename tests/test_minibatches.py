@@ -53,3 +53,56 @@ def test_an_epoch_forwards_each_episode_once(tiny_tokenizer_dir, tiny_lm_dir, ba
     n_segments = int(agent.rollout_buffer.episode_starts[1:].sum() + 4)
     assert sum(rows) == 2 * n_segments  # n_epochs x one forward per episode segment
     assert segments >= 1
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_gradient_accumulation_in_chunks_gives_the_same_update(
+    tiny_tokenizer_dir, tiny_lm_dir, algo
+):
+    """``grad_chunk_size``: a minibatch scored and backpropagated a few sequences at a time
+    takes the step stable-baselines3's own ``train()`` takes on the whole minibatch, and each
+    backward holds at most that many sequences."""
+    agents = []
+    for chunk in (None, 2):
+        env = make_env(tiny_tokenizer_dir, num_envs=4, max_new_tokens=5)
+        options = {"n_epochs": 2, "batch_size": 48} if algo == "ppo" else {}
+        agent = make_agent(
+            algo, env, model=str(tiny_lm_dir), lora={"r": 4, "init_lora_weights": False},
+            n_steps=12, device="cpu", seed=0, grad_chunk_size=chunk, **options,
+            # SGD without clipping: the step IS the gradient (Adam would hide a wrong scale);
+            # no shared prefix: the hook counts sequences, not batch-of-one prefix forwards.
+            learning_rate=0.5, max_grad_norm=1e9,
+            policy_kwargs={"share_prefix": False, "optimizer_class": torch.optim.SGD},
+        )  # fmt: skip
+        initial = [p.detach().clone() for p in agent.policy.parameters() if p.requires_grad]
+        rows: list[int] = []
+
+        def count(m, a, kw, out, rows=rows):  # type: ignore[no-untyped-def]
+            if torch.is_grad_enabled():
+                rows.append(int(kw["input_ids"].shape[0]))
+
+        hook = agent.policy.model.get_base_model().register_forward_hook(count, with_kwargs=True)
+        agent.learn(48)
+        hook.remove()
+        trained = [p.detach() for p in agent.policy.parameters() if p.requires_grad]
+        moved = max(float((t - i).abs().max()) for t, i in zip(trained, initial, strict=True))
+        assert moved > 1e-3  # a real step, so the comparison below means something
+        agents.append((agent, rows))
+    (whole, whole_rows), (chunked, chunked_rows) = agents
+    assert max(chunked_rows) <= 2 < max(whole_rows)
+    assert sum(chunked_rows) == sum(whole_rows)  # the same sequences, nothing scored twice
+    for (name, a), b in zip(
+        whole.policy.named_parameters(), chunked.policy.parameters(), strict=True
+    ):
+        if a.requires_grad:
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+    for key in ("train/value_loss", "train/entropy_loss"):
+        assert whole.logger.name_to_value[key] == pytest.approx(
+            chunked.logger.name_to_value[key], rel=1e-4
+        ), key
+
+
+def test_grad_chunk_size_must_be_positive(tiny_tokenizer_dir, tiny_lm_dir):
+    env = make_env(tiny_tokenizer_dir, num_envs=2, max_new_tokens=3)
+    with pytest.raises(ValueError, match="grad_chunk_size must be >= 1"):
+        make_agent("ppo", env, model=str(tiny_lm_dir), n_steps=4, device="cpu", grad_chunk_size=0)
