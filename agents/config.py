@@ -256,6 +256,14 @@ class TrainConfig(EnvSection):
     learning_rate: float | None = field(
         default=None, metadata={"help": "optimizer learning rate (unset: the algorithm's default)"}
     )
+    grad_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "backpropagate a minibatch this many whole sequences at a time (gradient "
+            "accumulation: memory follows the chunk; unset: the algorithm's default, the whole "
+            "minibatch for PPO and A2C, 8 for the group algorithms)"
+        },
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_target_modules: list[str] | None = field(

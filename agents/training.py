@@ -602,7 +602,7 @@ def _algo_kwargs(cfg: TrainConfig) -> dict[str, Any]:
             accepted |= set(inspect.signature(klass.__init__).parameters)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     kwargs = {}
-    for key in ("n_steps", "batch_size", "n_epochs", "learning_rate"):
+    for key in ("n_steps", "batch_size", "n_epochs", "learning_rate", "grad_chunk_size"):
         value = getattr(cfg, key)
         if value is None or (key not in accepted and value == defaults[key]):
             continue

@@ -1,6 +1,6 @@
 """Worker: a real pretrained model (SmolLM2-135M-Instruct), ours or TRL, one configuration.
 
-    .venv/bin/python benchmarks/bench_real.py ours-ppo1|ours-ppo1-plain|ours-ppo4|ours-grpo|generate --model DIR
+    .venv/bin/python benchmarks/bench_real.py ours-ppo1|ours-ppo1-plain|ours-ppo1-chunk8|ours-ppo4|ours-grpo|generate --model DIR
     benchmarks/.venv-trl/bin/python benchmarks/bench_real.py trl --model DIR
 
 Run by ``real_model.py`` (one process per configuration, so peak RSS is per configuration).
@@ -9,7 +9,8 @@ template, 32 completions of exactly 64 tokens (no EOS stop: TRL gets ``min_new_t
 r=8 / alpha 16 on ``q_proj``/``v_proj``, KL beta 0.04, learning rate 1e-5, float32, the
 benchmark's ``e`` reward. Ours: PPO with the whole rollout as one minibatch and one epoch
 (``ours-ppo1``; ``ours-ppo1-plain`` the same with ``share_prefix=False``, which runs the chat
-template's common system turn once per row again), PPO with 4 epochs of minibatches of 256 transitions (``ours-ppo4``), GRPO
+template's common system turn once per row again; ``ours-ppo1-chunk8`` the same minibatch
+backpropagated 8 sequences at a time, ``grad_chunk_size=8``), PPO with 4 epochs of minibatches of 256 transitions (``ours-ppo4``), GRPO
 with 8 prompts x 4 answers, beta in the loss (``ours-grpo``). TRL: ``GRPOTrainer``, 8 prompts x 4
 generations, one optimizer step. ``generate``: ``model.generate`` on our policy's peft model
 (the rollout target). This file imports ``rlhf_gym`` only in our modes.
@@ -56,6 +57,8 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
         ppo4 = args.mode == "ours-ppo4"
         algo = {"n_steps": NEW_TOKENS, "n_epochs": 4 if ppo4 else 1, "gamma": 1.0,
                 "batch_size": 256 if ppo4 else PROMPTS * NEW_TOKENS}  # fmt: skip
+        if args.mode == "ours-ppo1-chunk8":
+            algo["grad_chunk_size"] = 8
     name = "grpo" if args.mode == "ours-grpo" else "ppo"
     policy_kwargs = {"share_prefix": args.mode != "ours-ppo1-plain"}
     agent = make_agent(name, venv, model=args.model, lora=LORA, kl_coef=BETA, seed=0,
@@ -160,7 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "mode",
-        choices=("ours-ppo1", "ours-ppo1-plain", "ours-ppo4", "ours-grpo", "generate", "trl"),
+        choices=(
+            "ours-ppo1",
+            "ours-ppo1-plain",
+            "ours-ppo1-chunk8",
+            "ours-ppo4",
+            "ours-grpo",
+            "generate",
+            "trl",
+        ),  # fmt: skip
     )
     parser.add_argument("--model", required=True)
     parser.add_argument("--updates", type=int, default=2)

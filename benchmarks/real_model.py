@@ -30,6 +30,7 @@ TRL_PYTHON = BENCH_DIR / ".venv-trl" / "bin" / "python"
 LABELS = {
     "ours-ppo1": "ours: PPO, whole rollout as one minibatch, 1 epoch",
     "ours-ppo1-plain": "the same without share_prefix (the system turn once per row)",
+    "ours-ppo1-chunk8": "the same backpropagated 8 sequences at a time (grad_chunk_size=8)",
     "ours-ppo4": "ours: PPO, 4 epochs of minibatches of 256",
     "ours-grpo": "ours: GRPO, 8 prompts x 4, beta in the loss",
     "trl": "TRL GRPOTrainer, 8 prompts x 4, beta 0.04",
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (MODEL_DIR / "model.safetensors").exists():
         subprocess.run(["bash", str(GET_MODEL), str(MODEL_DIR), str(TRL_PYTHON)], check=True)
     res: dict[str, dict[str, Any]] = {}
-    for mode in ("ours-ppo1", "trl", "ours-grpo", "ours-ppo4", "ours-ppo1-plain", "generate"):
+    modes = ("ours-ppo1", "trl", "ours-grpo", "ours-ppo4", "ours-ppo1-plain", "ours-ppo1-chunk8",
+             "generate")  # fmt: skip
+    for mode in modes:
         python = TRL_PYTHON if mode == "trl" else sys.executable
         res[mode] = worker(python, mode, args.updates)
     trl = res["trl"]

@@ -236,3 +236,14 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, tiny_task, algo):
     again = _cli(*common, "--output-dir", str(killed), "--resume")  # a finished run: no change
     assert again.returncode == 0 and "already finished" in " ".join(again.stdout.split())
     assert (whole / "eval.csv").read_text() == (killed / "eval.csv").read_text()
+
+
+@pytest.mark.parametrize("algo, chunk", [("ppo", 4), ("grpo", 2), ("ppo", None)])
+def test_grad_chunk_size_reaches_the_algorithm(algo, chunk):
+    """``--grad-chunk-size`` (YAML ``grad_chunk_size``) is passed to the PPO family and the group
+    algorithms alike; unset, each keeps its own default."""
+    from rlhf_gym.agents.config import TrainConfig
+    from rlhf_gym.agents.training import _algo_kwargs
+
+    kwargs = _algo_kwargs(TrainConfig(algo=algo, grad_chunk_size=chunk))
+    assert kwargs.get("grad_chunk_size") == chunk
