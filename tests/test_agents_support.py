@@ -33,6 +33,7 @@ def make_env(
     seed: int = 0,
     max_prompt_tokens: int = 16,
     max_new_tokens: int = 6,
+    prompts: Any = PROMPTS,
     **kwargs: Any,
 ):
     from rlhf_gym.envs import make_vec_env
@@ -41,7 +42,7 @@ def make_env(
         num_envs,
         seed=seed,
         tokenizer=str(tokenizer_dir),
-        prompts=PROMPTS,
+        prompts=prompts,
         reward=target_fraction,
         max_prompt_tokens=max_prompt_tokens,
         max_new_tokens=max_new_tokens,

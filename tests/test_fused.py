@@ -26,6 +26,18 @@ def _peft_pair(**lora: object):
     return reference, fused
 
 
+class _Net(torch.nn.Module):
+    """Two ``nn.Linear`` layers (a Llama-style base: peft wraps them as ``lora.Linear``)."""
+
+    def __init__(self, inp: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(inp, hidden)
+        self.down = torch.nn.Linear(hidden, out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.tanh(self.up(x)))
+
+
 @pytest.fixture
 def ids() -> torch.Tensor:
     return torch.randint(1, 300, (3, 7), generator=torch.Generator().manual_seed(1))
@@ -99,18 +111,9 @@ def test_gelu_tanh_is_the_tanh_gelu_with_and_without_autograd(grad: bool) -> Non
 def test_fused_lora_on_linear_layers_matches_peft_with_gradients() -> None:
     """``nn.Linear`` bases (Llama-style models) take the in-place path too."""
 
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.up = torch.nn.Linear(8, 16)
-            self.down = torch.nn.Linear(16, 4, bias=False)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.down(torch.tanh(self.up(x)))
-
     torch.manual_seed(0)
     config = LoraConfig(r=2, lora_alpha=4, target_modules=["up", "down"], init_lora_weights=False)
-    reference = get_peft_model(Net(), config)
+    reference = get_peft_model(_Net(8, 16, 4), config)
     fused = copy.deepcopy(reference)
     assert fuse_lora_forward(fused) == 2
     x = torch.randn(3, 5, 8)
@@ -180,18 +183,9 @@ def test_fused_lora_on_a_bf16_base_with_float32_adapters_matches_peft_in_fewer_o
     """``--dtype bfloat16``: a bf16 base, float32 adapters (peft's default autocast). The fused
     path gives peft's outputs and gradients with fewer ops per adapted layer."""
 
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.up = torch.nn.Linear(32, 64)
-            self.down = torch.nn.Linear(64, 16, bias=False)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.down(torch.tanh(self.up(x)))
-
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"], init_lora_weights=False)
-    reference = get_peft_model(Net().to(torch.bfloat16), config)
+    reference = get_peft_model(_Net(32, 64, 16).to(torch.bfloat16), config)
     assert reference.base_model.model.up.lora_A["default"].weight.dtype == torch.float32
     fused = copy.deepcopy(reference)
     assert fuse_lora_forward(fused) == 2

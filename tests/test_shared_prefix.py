@@ -33,17 +33,8 @@ def lm_dir(request: pytest.FixtureRequest, tmp_path_factory, tiny_tokenizer) -> 
 
 
 def _env(tokenizer_dir: Path, num_envs: int = 4):
-    from rlhf_gym.envs import make_vec_env
-    from tests.test_agents_support import target_fraction
-
-    return make_vec_env(
-        num_envs,
-        seed=0,
-        tokenizer=str(tokenizer_dir),
-        prompts=PROMPTS,
-        reward=target_fraction,
-        max_prompt_tokens=64,
-        max_new_tokens=5,
+    return make_env(
+        tokenizer_dir, num_envs, prompts=PROMPTS, max_prompt_tokens=64, max_new_tokens=5
     )
 
 
