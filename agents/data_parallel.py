@@ -82,6 +82,7 @@ class ActorCriticDataParallel:
         approx_kls: list[float] = []
         stopped = False
         for epoch in range(n_epochs):
+            approx_kls = []  # SB3 logs the mean over the last epoch's minibatches
             for data in self.rollout_buffer.get(batch_size):
                 chunked = getattr(self, "grad_chunk_size", None) is not None
                 chunks = self._grad_chunks(data) if chunked else [None]
@@ -114,6 +115,7 @@ class ActorCriticDataParallel:
                     approx_kl = distributed.all_reduce([sums[5]])[0] / n
                     stop = self._kl_stop(approx_kl, a2c, epoch)
                 approx_kls.append(approx_kl)
+                log_sums += sums[:5]  # SB3 logs the stopped minibatch's losses too
                 if stop:
                     policy.optimizer.zero_grad()
                     stopped = True
@@ -121,7 +123,6 @@ class ActorCriticDataParallel:
                 distributed.average_gradients(policy.parameters())
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
                 policy.optimizer.step()
-                log_sums += sums[:5]
             self._n_updates += 1
             if stopped:
                 break

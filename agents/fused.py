@@ -167,7 +167,9 @@ def _mixed_dtype_forward(
     base = self.base_layer
     if (
         args
-        or weight_a.dtype != weight_b.dtype
+        or weight_a.dtype != torch.float32  # the sum in float32 is then peft's promotion
+        or weight_b.dtype != torch.float32
+        or x.dtype not in (torch.bfloat16, torch.float16)
         or not getattr(self, "cast_input_dtype_enabled", True)
         or not _plain_linear(base)
         or base.weight.dtype != x.dtype
@@ -182,12 +184,15 @@ def _mixed_dtype_forward(
 
 def _vanilla_adapter(layer: Any) -> str | None:
     """The layer's one active plain LoRA adapter, or None when peft's own path is needed
-    (adapters disabled or merged, several active, DoRA and other variants, dropout on)."""
+    (adapters disabled or merged, several active, DoRA and other variants, dropout on, a
+    ``lora_bias``)."""
     active = layer.active_adapters
     if layer.disable_adapters or layer.merged or len(active) != 1:
         return None
     name = active[0]
     if name not in layer.lora_A or name in layer.lora_variant:
+        return None
+    if getattr(layer.lora_B[name], "bias", None) is not None:  # lora_bias=True: peft's path
         return None
     if not isinstance(layer.lora_dropout[name], nn.Identity):
         return None

@@ -85,7 +85,9 @@ class TokenLogProb(torch.autograd.Function):
             if entropy:  # dH/dz = -p * (log p + H), reusing the log_probs block
                 d_ent = log_probs.add_(ent[:, None]).mul_(probs).neg_()  # [c, V]
                 jac_ent = (d_ent.to(weight.dtype) @ weight).to(hidden.dtype)  # [c, H]
-            probs.neg_()[rows, tokens] += 1.0  # d log p_a / dz = onehot(a) - p
+            # d log p_a / dz = onehot(a) - p; a masked-out token's logit is a constant (no +1)
+            hit = 1.0 if allowed is None else allowed[rows, tokens].to(probs.dtype)
+            probs.neg_()[rows, tokens] += hit
             jac_lp = (probs.to(weight.dtype) @ weight).to(hidden.dtype)  # [c, H]
             ctx.save_for_backward(jac_lp, *(() if jac_ent is None else (jac_ent,)))
         return log_prob, ent

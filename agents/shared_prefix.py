@@ -19,8 +19,10 @@ activation memory.
 It applies only where it is exact: the prefix stops before the first position whose output is
 read (``limit``), batches of one and prefixes under :data:`MIN_SHARED_TOKENS` tokens run as
 before, and callers skip it under gradient checkpointing (the recomputed layer would append to
-the cache twice). Models whose cache is not a list of plain ``DynamicLayer`` s (sliding-window
-or recurrent layers) are run without it.
+the cache twice). A cache built without a config holds plain ``DynamicLayer`` s for every
+attention layer, sliding-window ones included (the model's masks apply the window; checked by hand,
+not in the tests, on tiny Mistral and Gemma 3 configs); a model whose cache holds anything else
+(recurrent or hybrid layers) runs without sharing.
 """
 
 from __future__ import annotations

@@ -204,3 +204,30 @@ def test_fused_lora_on_a_bf16_base_with_float32_adapters_matches_peft_in_fewer_o
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, atol=1e-3, rtol=2e-2)
     assert fused_ops < peft_ops, (fused_ops, peft_ops)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_lora_bias_or_a_half_precision_adapter_takes_peft_path(dtype: torch.dtype) -> None:
+    """``lora_bias=True`` adds ``s * b_B``, which the fused forwards do not compute; an adapter
+    in lower precision than the base is peft's promotion, not the float32 sum: peft runs both."""
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["up"], lora_bias=True,
+                        init_lora_weights=False)  # fmt: skip
+    reference = get_peft_model(_Net(8, 16, 4).to(dtype), config)
+    with torch.no_grad():
+        reference.base_model.model.up.lora_B["default"].bias.fill_(1.0)
+    fused = copy.deepcopy(reference)
+    fuse_lora_forward(fused)
+    x = torch.randn(3, 8).to(dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), reference(x))
+    assert RolloutMerge(fused).refresh(key=1) == 0
+    base = _Net(8, 16, 4)  # float32 base, bf16 adapter weights
+    half_adapter = get_peft_model(base, LoraConfig(r=2, target_modules=["up"],
+                                                   init_lora_weights=False))  # fmt: skip
+    half_adapter.base_model.model.up.lora_A["default"].to(torch.bfloat16)
+    half_adapter.base_model.model.up.lora_B["default"].to(torch.bfloat16)
+    fused_half = copy.deepcopy(half_adapter)
+    fuse_lora_forward(fused_half)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_half(x.float()), half_adapter(x.float()))

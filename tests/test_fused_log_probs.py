@@ -113,3 +113,23 @@ def test_a_second_derivative_raises_instead_of_dropping_terms() -> None:
     (grad,) = torch.autograd.grad(lp, hidden, grad_outputs=weights, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.sum().backward()
+
+
+def test_a_masked_out_scored_token_gets_autograds_gradient() -> None:
+    """Sampling never emits a masked token, but scoring one must still match autograd (whose
+    masked logit is a constant: no ``onehot`` term)."""
+    head = _head()
+    hidden = torch.randn(TOKENS, HIDDEN)
+    tokens = torch.randint(0, VOCAB, (TOKENS,))
+    allowed = torch.ones(TOKENS, VOCAB, dtype=torch.bool)
+    allowed[0, tokens[0]] = False
+    grads = []
+    for fused in (True, False):
+        h = hidden.clone().requires_grad_(True)
+        if fused:
+            lp, _ = fused_token_log_probs(head, h, tokens, entropy=False, allowed=allowed)
+        else:
+            lp, _ = _unfused(head, h, tokens, allowed)
+        lp.sum().backward()
+        grads.append(h.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

@@ -106,3 +106,24 @@ def test_grad_chunk_size_must_be_positive(tiny_tokenizer_dir, tiny_lm_dir):
     env = make_env(tiny_tokenizer_dir, num_envs=2, max_new_tokens=3)
     with pytest.raises(ValueError, match="grad_chunk_size must be >= 1"):
         make_agent("ppo", env, model=str(tiny_lm_dir), n_steps=4, device="cpu", grad_chunk_size=0)
+
+
+@pytest.mark.parametrize("target_kl", [None, 1e-9])
+def test_chunked_update_logs_what_sb3_logs(tiny_tokenizer_dir, tiny_lm_dir, target_kl):
+    """With chunks (one process, this repo's update) the ``train/`` keys are stable-baselines3's:
+    the last epoch's mean approximate KL, and the stopped minibatch's losses included. (Losses
+    are per-sample means where SB3 averages minibatch means: equal with one minibatch per
+    epoch, as here.)"""
+    logs = []
+    for chunk in (None, 2):
+        env = make_env(tiny_tokenizer_dir, num_envs=4, max_new_tokens=5)
+        agent = make_agent(
+            "ppo", env, model=str(tiny_lm_dir), lora={"r": 4, "init_lora_weights": False},
+            n_steps=12, batch_size=48, n_epochs=3, device="cpu", seed=0, grad_chunk_size=chunk,
+            target_kl=target_kl,
+        )  # fmt: skip
+        agent.learn(48)
+        logs.append(dict(agent.logger.name_to_value))
+    whole, chunked = logs
+    for key in ("train/approx_kl", "train/value_loss", "train/entropy_loss", "train/clip_fraction"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-3, abs=1e-7), key
