@@ -96,7 +96,7 @@ class ActorCriticDataParallel:
                     norm = (mean, max((adv_sq - n * mean * mean) / (n - 1), 0.0) ** 0.5)
                 policy.optimizer.zero_grad()
                 sums = np.zeros(6)  # [samples, policy, value, entropy losses, clipped, kl]
-                loss_sum = torch.zeros(())
+                loss_sum: torch.Tensor | None = None  # the chunks' losses, for one finite check
                 stop = False
                 for rows in chunks:
                     part = data if rows is None else _rows(data, rows)
@@ -109,8 +109,9 @@ class ActorCriticDataParallel:
                             break
                         stop_on_non_finite(self, loss)
                     (loss * (world / n)).backward()  # averaged over ranks: the minibatch mean
-                    loss_sum = loss_sum + loss.detach().cpu()
+                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
                 if chunked:  # decided once every chunk is scored (their number varies by rank)
+                    assert loss_sum is not None
                     stop_on_non_finite(self, loss_sum)
                     approx_kl = distributed.all_reduce([sums[5]])[0] / n
                     stop = self._kl_stop(approx_kl, a2c, epoch)

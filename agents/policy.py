@@ -126,6 +126,25 @@ def _lm_vocab_size(model: PreTrainedModel) -> int:
     return int(model.config.get_text_config().vocab_size)
 
 
+class _EngineOption:
+    """A policy option stored on its :class:`~rlhf_gym.agents.engine.LMEngine`, the one place
+    that reads it. ``cast`` given: settable (through the cast); None: fixed once built."""
+
+    def __init__(self, cast: Callable[[Any], Any] | None = None) -> None:
+        self.cast = cast
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, policy: Any, owner: type | None = None) -> Any:
+        return self if policy is None else getattr(policy.engine, self.name)
+
+    def __set__(self, policy: Any, value: Any) -> None:
+        if self.cast is None:
+            raise AttributeError(f"{self.name} is fixed when the policy is built")
+        setattr(policy.engine, self.name, self.cast(value))
+
+
 class _LoRACore:
     """What :class:`LoRAPolicy` and :class:`MaskableLoRAPolicy` share (module docstring).
 
@@ -282,49 +301,13 @@ class _LoRACore:
     # ------------------------------------------------------------------ engine settings
     # Kept on the engine (the one place that reads them); exposed here as the policy's own
     # options, as stable-baselines3 users set policy_kwargs and read them back.
-    @property
-    def use_kv_cache(self) -> bool:
-        return self.engine.use_kv_cache
-
-    @use_kv_cache.setter
-    def use_kv_cache(self, value: bool) -> None:
-        self.engine.use_kv_cache = bool(value)
-
-    @property
-    def merge_for_rollout(self) -> bool:
-        return self.engine.merge_for_rollout
-
-    @merge_for_rollout.setter
-    def merge_for_rollout(self, value: bool) -> None:
-        self.engine.merge_for_rollout = bool(value)
-
-    @property
-    def share_prefix(self) -> bool:
-        return self.engine.share_prefix
-
-    @share_prefix.setter
-    def share_prefix(self, value: bool) -> None:
-        self.engine.share_prefix = bool(value)
-
-    @property
-    def eval_chunk_size(self) -> int:
-        return self.engine.eval_chunk_size
-
-    @eval_chunk_size.setter
-    def eval_chunk_size(self, value: int) -> None:
-        self.engine.eval_chunk_size = int(value)
-
-    @property
-    def logit_memory_mb(self) -> float:
-        return self.engine.logit_memory_mb
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return self.engine.gradient_checkpointing
-
-    @property
-    def fast_paths(self) -> bool:
-        return self.engine.fast_paths
+    use_kv_cache = _EngineOption(bool)
+    merge_for_rollout = _EngineOption(bool)
+    share_prefix = _EngineOption(bool)
+    eval_chunk_size = _EngineOption(int)
+    logit_memory_mb = _EngineOption()
+    gradient_checkpointing = _EngineOption()
+    fast_paths = _EngineOption()
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
