@@ -96,7 +96,44 @@ def load_yaml(path: str | Path, cls: type[Any]) -> dict[str, Any]:
         raise ValueError(
             f"{path}: unknown config key(s) {', '.join(hints)}. Known keys: {', '.join(known)}"
         )
+    types_ = typing.get_type_hints(cls)
+    for key, value in data.items():
+        problem = _type_problem(types_[key], value)
+        if problem:
+            raise ValueError(f"{path}: {key}: {problem}, got {value!r}")
     return data
+
+
+def _type_problem(tp: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit the annotation ``tp`` (scalars and lists of them), or None.
+
+    YAML gives typed values; a string where a number belongs would otherwise fail later with a
+    message that names neither the file nor the key."""
+    optional = type(None) in typing.get_args(tp)
+    if value is None:
+        return None if optional else "a value is required"
+    base, is_list = _base_type(tp)
+    if is_list:
+        items = value if isinstance(value, list) else None
+        if items is None:
+            return f"expected a list of {getattr(base, '__name__', base)}"
+        return next(
+            (_type_problem(base, item) for item in items if _type_problem(base, item)), None
+        )
+    if typing.get_origin(tp) is typing.Literal:
+        choices = typing.get_args(tp)
+        return None if value in choices else f"expected one of {', '.join(map(repr, choices))}"
+    if base is bool:
+        return None if isinstance(value, bool) else "expected true or false"
+    if base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else "expected an integer"
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else "expected a number"
+    if base is str:
+        return None if isinstance(value, str) else "expected a string"
+    return None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

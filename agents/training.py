@@ -590,8 +590,8 @@ def plot_reward_curve(out: Path) -> Path | None:
 def _algo_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     """The generic training flags the chosen algorithm takes (A2C has no batch_size or n_epochs).
 
-    Flags the algorithm lacks are dropped only when they hold their default; set explicitly
-    (by flag or YAML), they pass through, so the algorithm's own error names them.
+    Flags the algorithm lacks are dropped when they hold their default; set explicitly (by flag
+    or YAML), they are refused in one line that names the flag and the algorithm.
     """
     from rlhf_gym.agents import get_algorithm
 
@@ -606,6 +606,12 @@ def _algo_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         value = getattr(cfg, key)
         if value is None or (key not in accepted and value == defaults[key]):
             continue
+        if key not in accepted and not (key == "n_epochs" and "num_iterations" in accepted):
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{flag} (YAML {key}) is not an option of --algo {cfg.algo}; leave it unset "
+                "for this algorithm"
+            )
         if key == "n_epochs" and "num_iterations" in accepted:
             key = "num_iterations"  # the group algorithms' name for passes over a rollout
         kwargs[key] = value

@@ -247,3 +247,19 @@ def test_grad_chunk_size_reaches_the_algorithm(algo, chunk):
 
     kwargs = _algo_kwargs(TrainConfig(algo=algo, grad_chunk_size=chunk))
     assert kwargs.get("grad_chunk_size") == chunk
+
+
+def test_config_values_of_the_wrong_type_name_the_file_and_key(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text('algo: ppo\nlearning_rate: "fast"\ngrad_chunk_size: 4\n')
+    assert main(["train", "--config", str(cfg)]) == 2
+    out = capsys.readouterr().out
+    assert "run.yaml: learning_rate: expected a number, got 'fast'" in " ".join(out.split())
+
+
+def test_a_flag_the_algorithm_does_not_take_is_refused_in_one_line(tmp_path, capsys):
+    args = ["train", "--algo", "a2c", "--batch-size", "64", "--output-dir", str(tmp_path / "r")]
+    assert main(args) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size (YAML batch_size) is not an option of --algo a2c" in out
+    assert "Traceback" not in out
