@@ -39,6 +39,7 @@ from transformers import DynamicCache
 
 from rlhf_gym.agents.fused import RolloutMerge
 from rlhf_gym.agents.kv_cache import BufferCache, LMCallResult, RolloutKVCache, decode_attention
+from rlhf_gym.agents.lean_decode import LeanDecoder
 from rlhf_gym.agents.response_scoring import (
     chunked_log_probs,
     lm_head,
@@ -60,7 +61,7 @@ class LMEngine:
     :param model: the LoRA-adapted model (``peft.PeftModel``); the engine never copies it.
     :param fast_paths: the same-function fast paths (KV cache, merged rollout weights); off:
         plain full forwards.
-    :param use_kv_cache, merge_for_rollout, share_prefix: each fast path alone.
+    :param use_kv_cache, merge_for_rollout, share_prefix, lean_decode: each fast path alone.
     :param eval_chunk_size: sequences per forward in scoring passes.
     :param logit_memory_mb: budget of one ``[tokens, vocab]`` float32 block of logits.
     :param gradient_checkpointing: the model checkpoints its layers in gradient passes.
@@ -74,6 +75,7 @@ class LMEngine:
         use_kv_cache: bool = True,
         merge_for_rollout: bool = True,
         share_prefix: bool = True,
+        lean_decode: bool = True,
         eval_chunk_size: int = 64,
         logit_memory_mb: float = 256.0,
         gradient_checkpointing: bool = False,
@@ -85,6 +87,7 @@ class LMEngine:
         self.use_kv_cache = bool(use_kv_cache)
         self.merge_for_rollout = bool(merge_for_rollout)
         self.share_prefix = bool(share_prefix)
+        self.lean_decode = bool(lean_decode)
         self.eval_chunk_size = int(eval_chunk_size)
         self.logit_memory_mb = float(logit_memory_mb)
         self.gradient_checkpointing = bool(gradient_checkpointing)
@@ -93,6 +96,9 @@ class LMEngine:
         self._has_logits_to_keep = "logits_to_keep" in forward_params
         self._kv_caches: dict[int, RolloutKVCache] = {}
         self._rollout_merge = RolloutMerge(model)
+        #: The decode step without transformers' per-layer machinery, where the architecture
+        #: is one it reproduces (:mod:`rlhf_gym.agents.lean_decode`); None: the model's forward.
+        self._lean = LeanDecoder.for_model(model.get_base_model())
         self._version = 0
         self._trainable: list[nn.Parameter] = self._trainable_parameters()
 
@@ -179,8 +185,19 @@ class LMEngine:
 
         With ``cache=None`` it starts a fresh ``DynamicCache``, with a plain one it extends it,
         and returns its keys/values; with a :class:`~rlhf_gym.agents.kv_cache.BufferCache` the
-        model writes into it in place.
+        model writes into it in place; a one-token step on a supported architecture runs
+        through :class:`~rlhf_gym.agents.lean_decode.LeanDecoder` (the same function).
         """
+        if (
+            isinstance(cache, BufferCache)
+            and input_ids.shape[1] == 1
+            and self._lean is not None
+            and self.fast_paths
+            and self.lean_decode
+            and self._lean.usable(attention_mask.shape[1])
+        ):
+            logits, hidden = self._lean.step(input_ids, attention_mask, position_ids, cache.layers)
+            return LMCallResult(logits, hidden, None)
         kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
         if self._has_logits_to_keep:
             kwargs["logits_to_keep"] = 1

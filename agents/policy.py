@@ -172,6 +172,7 @@ class _LoRACore:
         use_kv_cache: bool = True,
         merge_for_rollout: bool = True,
         share_prefix: bool = True,
+        lean_decode: bool = True,
         eval_chunk_size: int = 64,
         logit_memory_mb: float = 256.0,
         gradient_checkpointing: bool = False,
@@ -210,6 +211,10 @@ class _LoRACore:
             chat template's system turn) once, not once per row, in the rollout's prefill, the
             KL reference pass, training forwards and response scoring
             (:mod:`rlhf_gym.agents.shared_prefix`); off under gradient checkpointing.
+        :param lean_decode: run a rollout's one-token decode steps of Llama, Mistral and Qwen
+            models through :class:`~rlhf_gym.agents.lean_decode.LeanDecoder` (the same
+            function in a few ops per layer, no transformers per-layer machinery); other
+            architectures always take the model's forward.
         :param eval_chunk_size: sequences per forward in training-time evaluation.
         :param logit_memory_mb: budget of one ``[tokens, vocab]`` float32 block when whole
             responses are scored (:meth:`score_responses`); the vocabulary projection runs in
@@ -270,6 +275,7 @@ class _LoRACore:
             use_kv_cache=use_kv_cache,
             merge_for_rollout=merge_for_rollout,
             share_prefix=share_prefix,
+            lean_decode=lean_decode,
             eval_chunk_size=eval_chunk_size,
             logit_memory_mb=logit_memory_mb,
             gradient_checkpointing=gradient_checkpointing,
@@ -304,6 +310,7 @@ class _LoRACore:
     use_kv_cache = _EngineOption(bool)
     merge_for_rollout = _EngineOption(bool)
     share_prefix = _EngineOption(bool)
+    lean_decode = _EngineOption(bool)
     eval_chunk_size = _EngineOption(int)
     logit_memory_mb = _EngineOption()
     gradient_checkpointing = _EngineOption()
@@ -422,6 +429,7 @@ class _LoRACore:
             use_kv_cache=self.use_kv_cache,
             merge_for_rollout=self.merge_for_rollout,
             share_prefix=self.share_prefix,
+            lean_decode=self.lean_decode,
             eval_chunk_size=self.eval_chunk_size,
             logit_memory_mb=self.logit_memory_mb,
             gradient_checkpointing=self.gradient_checkpointing,
