@@ -80,3 +80,32 @@ def test_nan_logits_are_a_clear_error() -> None:
     logits[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN logits"):
         sample_with_log_prob(logits)
+
+
+def test_large_vocabularies_search_in_blocks_with_the_same_draws() -> None:
+    """Past 4 blocks the sampler picks a block, then a token in it: the same tokens as the
+    one-level search for the same draws, frequencies that match, zero mass never reached."""
+    from rlhf_gym.agents import distributions
+
+    vocab = 6 * distributions.CDF_BLOCK + 7  # padded to whole blocks
+    torch.manual_seed(6)
+    probs = torch.softmax(torch.randn(400, vocab) * 4, -1)
+    torch.manual_seed(7)
+    blocked = sample_categorical(probs)
+    torch.manual_seed(7)
+    cdf = probs.double().cumsum(-1)
+    flat = torch.searchsorted(
+        cdf, torch.rand(400, 1, dtype=torch.float64) * cdf[:, -1:], right=True
+    )
+    assert torch.equal(blocked, flat.squeeze(-1))
+
+    spiky = torch.zeros(3, vocab)
+    spiky[0, [5, 2000, vocab - 1]] = torch.tensor([0.2, 0.5, 0.3])  # first, middle, last block
+    spiky[1, 4096 : 4096 + 3] = 0.999 / 3  # sums below one; every other block has zero mass
+    spiky[2, 1023] = 1.0  # a block's last token, then only zeros
+    draws = sample_categorical(spiky.expand(5000, 3, vocab).reshape(-1, vocab)).reshape(-1, 3)
+    first = torch.bincount(draws[:, 0], minlength=vocab)[[5, 2000, vocab - 1]].double() / 5000
+    # Standard error of a frequency near 0.5 with 5k draws is 0.007: 0.035 is 5 sigma.
+    torch.testing.assert_close(first, torch.tensor([0.2, 0.5, 0.3]).double(), atol=0.035, rtol=0)
+    assert bool(spiky[torch.arange(3), draws].gt(0).all())  # zero mass is never drawn
+    assert bool((draws[:, 2] == 1023).all())
