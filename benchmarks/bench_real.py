@@ -1,6 +1,6 @@
 """Worker: a real pretrained model (SmolLM2-135M-Instruct), ours or TRL, one configuration.
 
-    .venv/bin/python benchmarks/bench_real.py ours-ppo1|ours-ppo1-plain|ours-ppo1-chunk8|ours-ppo4|ours-grpo|generate --model DIR
+    .venv/bin/python benchmarks/bench_real.py ours-ppo1|ours-ppo1-plain|ours-ppo1-hf-decode|ours-ppo1-chunk8|ours-ppo4|ours-grpo|generate --model DIR
     benchmarks/.venv-trl/bin/python benchmarks/bench_real.py trl --model DIR
 
 Run by ``real_model.py`` (one process per configuration, so peak RSS is per configuration).
@@ -9,7 +9,8 @@ template, 32 completions of exactly 64 tokens (no EOS stop: TRL gets ``min_new_t
 r=8 / alpha 16 on ``q_proj``/``v_proj``, KL beta 0.04, learning rate 1e-5, float32, the
 benchmark's ``e`` reward. Ours: PPO with the whole rollout as one minibatch and one epoch
 (``ours-ppo1``; ``ours-ppo1-plain`` the same with ``share_prefix=False``, which runs the chat
-template's common system turn once per row again; ``ours-ppo1-chunk8`` the same minibatch
+template's common system turn once per row again; ``ours-ppo1-hf-decode`` the same with
+transformers' own decode step, ``lean_decode=False``; ``ours-ppo1-chunk8`` the same minibatch
 backpropagated 8 sequences at a time, ``grad_chunk_size=8``), PPO with 4 epochs of minibatches of 256 transitions (``ours-ppo4``), GRPO
 with 8 prompts x 4 answers, beta in the loss (``ours-grpo``). TRL: ``GRPOTrainer``, 8 prompts x 4
 generations, one optimizer step. ``generate``: ``model.generate`` on our policy's peft model
@@ -60,7 +61,8 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
         if args.mode == "ours-ppo1-chunk8":
             algo["grad_chunk_size"] = 8
     name = "grpo" if args.mode == "ours-grpo" else "ppo"
-    policy_kwargs = {"share_prefix": args.mode != "ours-ppo1-plain"}
+    policy_kwargs = {"share_prefix": args.mode != "ours-ppo1-plain",
+                     "lean_decode": args.mode != "ours-ppo1-hf-decode"}  # fmt: skip
     agent = make_agent(name, venv, model=args.model, lora=LORA, kl_coef=BETA, seed=0,
                        device="cpu", learning_rate=LR, policy_kwargs=policy_kwargs, **algo)  # fmt: skip
     starts: list[float] = []
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=(
             "ours-ppo1",
             "ours-ppo1-plain",
+            "ours-ppo1-hf-decode",
             "ours-ppo1-chunk8",
             "ours-ppo4",
             "ours-grpo",
