@@ -50,6 +50,9 @@ from rlhf_gym.agents.response_scoring import score_responses as _score_responses
 from rlhf_gym.agents.sequence_eval import group_by_prefix
 from rlhf_gym.agents.shared_prefix import no_logits, plain_layers, trunk_hidden
 
+#: LM heads of at least this many weights get the prefill's last states gathered before them.
+_GATHER_HEAD_AT = 1 << 22
+
 
 class CacheUnsupported(RuntimeError):
     """The model's cache is not a plain DynamicCache; the rollout cache cannot re-layout it."""
@@ -94,6 +97,8 @@ class LMEngine:
         forward_params = inspect.signature(model.get_base_model().forward).parameters
         self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in forward_params
+        head = model.get_output_embeddings()
+        self._head_size = int(getattr(head, "weight", torch.empty(0)).numel())
         self._kv_caches: dict[int, RolloutKVCache] = {}
         self._rollout_merge = RolloutMerge(model)
         #: The decode step without transformers' per-layer machinery, where the architecture
@@ -199,11 +204,16 @@ class LMEngine:
             logits, hidden = self._lean.step(input_ids, attention_mask, position_ids, cache.layers)
             return LMCallResult(logits, hidden, None)
         kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
-        # Several tokens (a prefill): no logits from the model, the LM head runs below on the
-        # last states gathered into one [N, hidden] matrix. transformers would project
-        # hidden[:, -1:], a strided [N, 1, hidden] view that matmul turns into N products that
-        # each read the whole head: 104 of a 620 ms SmolLM2 prefill of 32 chat prompts.
-        head_here = self._has_logits_to_keep and input_ids.shape[1] > 1
+        # Several tokens (a prefill) and a large head: no logits from the model, the LM head runs
+        # below on the last states gathered into one [N, hidden] matrix. transformers would
+        # project hidden[:, -1:], a strided [N, 1, hidden] view that matmul turns into N products
+        # that each read the whole head: 104 of a 620 ms SmolLM2 prefill of 32 chat prompts. A
+        # small head (under _GATHER_HEAD_AT weights) keeps transformers' own logits.
+        head_here = (
+            self._has_logits_to_keep
+            and input_ids.shape[1] > 1
+            and self._head_size >= _GATHER_HEAD_AT
+        )
         if self._has_logits_to_keep:
             kwargs.update(
                 no_logits(self.model, input_ids.device) if head_here else {"logits_to_keep": 1}

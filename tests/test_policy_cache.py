@@ -11,6 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlhf_gym.agents import LoRAPolicy, RolloutKVCache
+from rlhf_gym.agents import engine as engine_module
 from rlhf_gym.agents import kv_cache as kv_cache_module
 from tests import _tiny
 from tests.test_agents_support import full_forward, make_env, to_tensor_obs
@@ -29,9 +30,22 @@ def _policy(env, tiny_lm_dir: Path, **options) -> LoRAPolicy:
     )
 
 
+@pytest.fixture(params=["model_logits", "gathered_head"])
+def prefill_head(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Prefill logits from transformers, or (the path of large heads) from the LM head run on
+    the gathered last states."""
+    if request.param == "gathered_head":
+        monkeypatch.setattr(engine_module, "_GATHER_HEAD_AT", 0)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("headroom", [64, 1])
 def test_incremental_outputs_equal_full_forward_and_one_token_per_env(
-    tiny_tokenizer_dir: Path, tiny_lm_dir: Path, headroom: int, monkeypatch: pytest.MonkeyPatch
+    tiny_tokenizer_dir: Path,
+    tiny_lm_dir: Path,
+    headroom: int,
+    monkeypatch: pytest.MonkeyPatch,
+    prefill_head: str,
 ) -> None:
     """Envs end at different steps (EOS on a schedule) and restart with prompts of other lengths.
 
@@ -144,7 +158,7 @@ def test_training_mode_drops_the_cache(tiny_tokenizer_dir: Path, tiny_lm_dir: Pa
 
 
 def test_llama_family_model_cache_matches_full_forward(
-    tiny_tokenizer, tiny_tokenizer_dir: Path, tmp_path: Path
+    tiny_tokenizer, tiny_tokenizer_dir: Path, tmp_path: Path, prefill_head: str
 ) -> None:
     """The in-place cache relies only on transformers' Cache API: a Llama (rotary positions,
     grouped-query attention) gives the same outputs as a full forward, with env resets."""
