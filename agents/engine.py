@@ -19,9 +19,10 @@ head and hand actions to SB3; everything that runs the causal LM is here:
 
 Same-function fast paths, all behind ``fast_paths`` (one switch, on by default; off gives
 peft's and transformers' plain forwards, for checking a result or a new architecture): the KV
-cache, merged rollout weights, and, applied when the policy builds the model, the fused LoRA
-forward and fused activations (:mod:`rlhf_gym.agents.fused`). ``use_kv_cache`` and
-``merge_for_rollout`` turn single ones off.
+cache, merged rollout weights, the shared prompt prefix, the lean decode step of Llama-family
+models (:mod:`rlhf_gym.agents.lean_decode`), and, applied when the policy builds the model, the
+fused LoRA forward and fused activations (:mod:`rlhf_gym.agents.fused`). ``use_kv_cache``,
+``merge_for_rollout``, ``share_prefix`` and ``lean_decode`` turn single ones off.
 """
 
 from __future__ import annotations
