@@ -133,3 +133,16 @@ def test_a_masked_out_scored_token_gets_autograds_gradient() -> None:
         lp.sum().backward()
         grads.append(h.grad)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_in_place_log_softmax_gives_the_out_of_place_numbers() -> None:
+    """On a CPU the block's log-softmax runs in place: bit for bit the out-of-place result."""
+    torch.manual_seed(3)
+    head = nn.Linear(16, 5000, bias=False).requires_grad_(False)
+    hidden = torch.randn(40, 16) * 4
+    tokens = torch.randint(0, 5000, (40,))
+    expected = torch.log_softmax(head(hidden), -1)[torch.arange(40), tokens]
+    log_prob, _ = fused_token_log_probs(head, hidden, tokens, entropy=False)
+    assert torch.equal(log_prob, expected)
+    with_grad, _ = fused_token_log_probs(head, hidden.requires_grad_(), tokens, entropy=False)
+    assert torch.equal(with_grad.detach(), expected)
