@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,29 @@ def make_env(
 def to_tensor_obs(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Observations as SB3's buffers hand them to the policy (float32)."""
     return {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in obs.items()}
+
+
+def cached_outputs_in_lockstep(
+    envs: tuple[Any, Any], policies: tuple[Any, Any], steps: int, *, atol: float = 1e-5
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Roll two copies of an env in lockstep, one policy each, through the rollout KV cache.
+
+    Every step, both policies' ``(logits, hidden)`` at the rows' last tokens must agree (to
+    ``atol``, ``rtol=1e-5``); yields ``(step, the first env's observation)`` after the check, so
+    the caller can look at the caches, then both envs take the first policy's greedy tokens.
+    """
+    obs = [env.reset() for env in envs]
+    for step in range(steps):
+        with torch.no_grad():
+            (logits_a, hidden_a), (logits_b, hidden_b) = (
+                policy._last_outputs(to_tensor_obs(o), use_cache=True)
+                for policy, o in zip(policies, obs, strict=True)
+            )
+        torch.testing.assert_close(logits_a, logits_b, atol=atol, rtol=1e-5)
+        torch.testing.assert_close(hidden_a, hidden_b, atol=atol, rtol=1e-5)
+        yield step, obs[0]
+        actions = logits_a.argmax(-1).numpy()
+        obs = [env.step(actions)[0] for env in envs]
 
 
 @torch.no_grad()

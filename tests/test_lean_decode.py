@@ -21,7 +21,7 @@ from rlhf_gym.agents.engine import LMEngine
 from rlhf_gym.agents.lean_decode import LeanDecoder
 from rlhf_gym.agents.lora import apply_lora
 from tests import _tiny
-from tests.test_agents_support import make_env, to_tensor_obs
+from tests.test_agents_support import cached_outputs_in_lockstep, make_env
 
 
 def _build(kind: str, vocab: int, **overrides: Any) -> PreTrainedModel:
@@ -83,16 +83,8 @@ def test_rollout_steps_match_the_model_forward(tiny_tokenizer_dir: Path, arch_di
         return original(*args, **kwargs)
 
     lean.engine._lean.step = counted  # type: ignore[method-assign]
-    obs_a, obs_b = env_a.reset(), env_b.reset()
-    for _ in range(8):
-        with torch.no_grad():
-            logits_l, hidden_l = lean._last_outputs(to_tensor_obs(obs_a), use_cache=True)
-            logits_p, hidden_p = plain._last_outputs(to_tensor_obs(obs_b), use_cache=True)
-        torch.testing.assert_close(logits_l, logits_p, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(hidden_l, hidden_p, atol=1e-5, rtol=1e-5)
-        actions = logits_l.argmax(-1).numpy()
-        obs_a, _, _, _ = env_a.step(actions)
-        obs_b, _, _, _ = env_b.step(actions)
+    for _ in cached_outputs_in_lockstep((env_a, env_b), (lean, plain), 8):
+        pass
     assert len(steps) >= 5  # every extend step but the ones right after a full re-prefill
     cache_l, cache_p = lean.kv_cache(4), plain.kv_cache(4)
     for layer_l, layer_p in zip(cache_l.layers, cache_p.layers, strict=True):

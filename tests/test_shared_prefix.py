@@ -18,7 +18,7 @@ import torch
 from rlhf_gym.agents import LoRAPolicy
 from rlhf_gym.agents.shared_prefix import MIN_SHARED_TOKENS, shared_prefix_length
 from tests import _tiny
-from tests.test_agents_support import make_env, to_tensor_obs
+from tests.test_agents_support import cached_outputs_in_lockstep, make_env, to_tensor_obs
 
 #: Every prompt starts with this "system turn" (about 30 tokens under the tiny tokenizer).
 SYSTEM = "the movie was great and the acting was wonderful, thank you\n"
@@ -100,23 +100,15 @@ def test_prefix_length_stops_at_the_limit_and_ignores_short_or_single_rows() -> 
 def test_rollout_prefill_feeds_the_prefix_once(tiny_tokenizer_dir: Path, lm_dir: Path) -> None:
     env_a, env_b = _env(tiny_tokenizer_dir), _env(tiny_tokenizer_dir)  # the same prompts
     shared, plain = _policies(env_a, lm_dir)
-    obs_a, obs_b = env_a.reset(), env_b.reset()
-    lengths = obs_a["attention_mask"].sum(-1)
-    prefix = shared_prefix_length(torch.as_tensor(obs_a["input_ids"]), int(lengths.min()) - 1)
-    assert prefix >= 15
-    for step in range(5):
-        with torch.no_grad():
-            logits_s, hidden_s = shared._last_outputs(to_tensor_obs(obs_a), use_cache=True)
-            logits_p, hidden_p = plain._last_outputs(to_tensor_obs(obs_b), use_cache=True)
-        torch.testing.assert_close(logits_s, logits_p, atol=2e-5, rtol=1e-5)
-        torch.testing.assert_close(hidden_s, hidden_p, atol=2e-5, rtol=1e-5)
+    for step, obs in cached_outputs_in_lockstep((env_a, env_b), (shared, plain), 5, atol=2e-5):
         if step == 0:
+            lengths = obs["attention_mask"].sum(-1)
+            limit = int(lengths.min()) - 1
+            prefix = shared_prefix_length(torch.as_tensor(obs["input_ids"]), limit)
+            assert prefix >= 15
             fed = shared.kv_cache(4).tokens_fed_last
             assert fed == prefix + int((lengths - prefix).sum())
             assert plain.kv_cache(4).tokens_fed_last == int(lengths.sum())
-        actions = logits_s.argmax(-1).numpy()
-        obs_a, _, _, _ = env_a.step(actions)
-        obs_b, _, _, _ = env_b.step(actions)
 
 
 def test_training_pass_matches_with_gradients(tiny_tokenizer_dir: Path, lm_dir: Path) -> None:
