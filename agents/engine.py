@@ -202,7 +202,10 @@ class LMEngine:
             and self.lean_decode
             and self._lean.usable(attention_mask.shape[1])
         ):
-            logits, hidden = self._lean.step(input_ids, attention_mask, position_ids, cache.layers)
+            with decode_attention(input_ids.device):  # its attention is sdpa too
+                logits, hidden = self._lean.step(
+                    input_ids, attention_mask, position_ids, cache.layers
+                )
             return LMCallResult(logits, hidden, None)
         kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
         # Several tokens (a prefill) and a large head: no logits from the model, the LM head runs

@@ -15,9 +15,9 @@ step's 100 ms; on a GPU such host work is the whole step (issue 14, item 5).
   once per step; q and k rotate together, ``rotate_half(x) * sin`` as ``roll(x) * sin'`` with
   the sign folded into ``sin'`` (the same products);
 - the new keys/values are written into the buffers in place, and attention runs per key/value
-  head with the query heads of its group as rows: ``softmax(q K^T * scale + bias) V`` as one
-  ``baddbmm``, a softmax and a ``bmm`` on views of the buffers, with the padding bias built once
-  per step (no 4D mask per layer, no repeated keys);
+  head with the query heads of its group as rows, one ``scaled_dot_product_attention`` on views
+  of the buffers (its kernels keep half-precision scores in float32, as transformers' call does)
+  with the padding mask built once per step (no 4D mask per layer, no repeated keys);
 - RMSNorm is transformers' formula (float32 statistics, the weight applied in the input dtype).
 
 It applies where the structure is known, and otherwise the engine keeps transformers' forward
@@ -129,17 +129,14 @@ class LeanDecoder:
         group = heads // kv_heads
         span = layers[0].span
         start, end = span.start, span.end
-        width = end + 1 - start
         h = self.trunk.embed_tokens(input_ids)  # [n, 1, H]
         cos, sin = self.trunk.rotary_emb(h, position_ids)  # [n, 1, D] each
         half = dim // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # rotate_half's sign
         h = h[:, 0]  # [n, H]
-        # Padding holes (left of each right-aligned row) get the dtype's lowest value, as in
-        # transformers' masks; one [n * kv_heads, group, W + 1] bias shared by every layer.
-        bias = torch.zeros((n, 1, 1, width), dtype=h.dtype, device=h.device)
-        bias.masked_fill_(attention_mask[:, None, None, :] == 0, torch.finfo(h.dtype).min)
-        bias = bias.expand(n, kv_heads, group, width).reshape(n * kv_heads, group, width)
+        # Padding holes (left of each right-aligned row) are masked out; one [n, 1, 1, W + 1] mask
+        # shared by every layer and head.
+        keep = attention_mask[:, None, None, :].bool()
         for layer, cache in zip(self.trunk.layers, layers, strict=True):
             attn = layer.self_attn
             x = _rms_norm(layer.input_layernorm, h)  # [n, H]
@@ -152,13 +149,15 @@ class LeanDecoder:
             qk = qk * cos + qk.roll(half, dims=-1) * sin
             cache.key_buffer[:, :, end] = qk[:, heads:]
             cache.value_buffer[:, :, end] = v
-            keys = cache.key_buffer[:, :, start : end + 1].reshape(n * kv_heads, width, dim)
-            values = cache.value_buffer[:, :, start : end + 1].reshape(n * kv_heads, width, dim)
-            # Query head j attends with key/value head j // group (grouped-query attention).
-            q = qk[:, :heads].reshape(n * kv_heads, group, dim)
-            scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=self.scaling)
-            out = torch.bmm(scores.softmax(-1), values)  # [n * kv_heads, group, D]
-            h = h + attn.o_proj(out.view(n, heads * dim))
+            keys = cache.key_buffer[:, :, start : end + 1]  # [n, kv_heads, W + 1, D]
+            values = cache.value_buffer[:, :, start : end + 1]
+            # Query head j attends with key/value head j // group (grouped-query attention): the
+            # group's queries are the rows of one [group, D] query block per key/value head.
+            q = qk[:, :heads].view(n, kv_heads, group, dim)
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=keep, scale=self.scaling
+            )
+            h = h + attn.o_proj(out.reshape(n, heads * dim))
             x = _rms_norm(layer.post_attention_layernorm, h)
             mlp = layer.mlp
             h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)).mul_(mlp.up_proj(x)))

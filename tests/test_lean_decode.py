@@ -21,7 +21,7 @@ from rlhf_gym.agents.engine import LMEngine
 from rlhf_gym.agents.lean_decode import LeanDecoder
 from rlhf_gym.agents.lora import apply_lora
 from tests import _tiny
-from tests.test_agents_support import cached_outputs_in_lockstep, make_env
+from tests.test_agents_support import cached_outputs_in_lockstep, make_env, to_tensor_obs
 
 
 def _build(kind: str, vocab: int, **overrides: Any) -> PreTrainedModel:
@@ -134,3 +134,67 @@ def test_only_known_architectures_and_states_take_it(tiny_tokenizer) -> None:
     assert llama is not None and llama.usable(10**6)
     llama.base.train()
     assert not llama.usable(4)
+
+
+def test_bf16_base_with_float32_adapter_matches_the_model_forward(tiny_tokenizer) -> None:
+    """Half-precision attention scores stay in float32 inside sdpa, as in transformers' call:
+    the same logits (a bf16 baddbmm/softmax/bmm path was off by 3e-3 here)."""
+    base = _build("qwen2", len(tiny_tokenizer)).to(torch.bfloat16)
+    model = apply_lora(base, {"init_lora_weights": False}, fuse=True)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.float()
+    ids = torch.randint(1, len(tiny_tokenizer), (3, 12), generator=torch.Generator().manual_seed(1))
+    traces = []
+    for lean in (True, False):
+        engine = LMEngine(model, lean_decode=lean)
+        trace = []
+        for length in range(6, 12):
+            mask = torch.ones_like(ids)
+            mask[:, length:] = 0
+            trace.append(engine.decode(ids, mask)[0])
+        traces.append(trace)
+    for lean_logits, plain_logits in zip(*traces, strict=True):
+        torch.testing.assert_close(lean_logits, plain_logits, atol=5e-4, rtol=0)
+
+
+def test_a_lean_step_runs_under_decode_attention_and_reads_nothing_back(
+    tiny_tokenizer_dir: Path, arch_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the step must avoid cuDNN attention (``decode_attention``) and never stall the
+    queue: no device-to-host read inside it."""
+    import contextlib
+
+    from rlhf_gym.agents import engine as engine_module
+    from tests.test_policy_cache import _HostReads
+
+    env = make_env(tiny_tokenizer_dir, 2, max_new_tokens=4)
+    policy = _policy(env, arch_dir, True)
+    inside = [False]
+    steps: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def recording(device: torch.device):  # type: ignore[no-untyped-def]
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    original = policy.engine._lean.step
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        assert inside[0], "lean step outside decode_attention"
+        with _HostReads() as reads:
+            result = original(*args, **kwargs)
+        steps.append(reads.reads)
+        return result
+
+    monkeypatch.setattr(engine_module, "decode_attention", recording)
+    policy.engine._lean.step = checked  # type: ignore[method-assign]
+    obs = env.reset()
+    for _ in range(3):
+        with torch.no_grad():
+            actions, _, _ = policy(to_tensor_obs(obs))
+        obs, _, _, _ = env.step(actions.numpy())
+    assert len(steps) == 2 and steps == [[], []]
