@@ -37,6 +37,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from rlhf_gym.agents.fused import RolloutMerge
 from rlhf_gym.agents.kv_cache import BufferCache, LMCallResult, RolloutKVCache, decode_attention
@@ -98,8 +99,13 @@ class LMEngine:
         forward_params = inspect.signature(model.get_base_model().forward).parameters
         self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in forward_params
-        head = model.get_output_embeddings()
-        self._head_size = int(getattr(head, "weight", torch.empty(0)).numel())
+        head_weight = getattr(model.get_output_embeddings(), "weight", None)
+        #: Prefills project their gathered last states themselves (see :meth:`_lm_call`).
+        self._gather_prefill_head = (
+            self._has_logits_to_keep
+            and head_weight is not None
+            and head_weight.numel() >= _GATHER_HEAD_AT
+        )
         self._kv_caches: dict[int, RolloutKVCache] = {}
         self._rollout_merge = RolloutMerge(model)
         #: The decode step without transformers' per-layer machinery, where the architecture
@@ -180,6 +186,18 @@ class LMEngine:
                 self._kv_caches.clear()
         return self.last_token_outputs(ids, mask)
 
+    def _lean_for(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache | None
+    ) -> LeanDecoder | None:
+        """The lean decoder when this call is one of its steps: one token per row into the
+        rollout buffers, the option on, and a width it can run; else None."""
+        lean = self._lean
+        if lean is None or not (self.fast_paths and self.lean_decode):
+            return None
+        if not isinstance(cache, BufferCache) or input_ids.shape[1] != 1:
+            return None
+        return lean if lean.usable(attention_mask.shape[1]) else None
+
     def _lm_call(
         self,
         input_ids: torch.Tensor,
@@ -194,18 +212,11 @@ class LMEngine:
         model writes into it in place; a one-token step on a supported architecture runs
         through :class:`~rlhf_gym.agents.lean_decode.LeanDecoder` (the same function).
         """
-        if (
-            isinstance(cache, BufferCache)
-            and input_ids.shape[1] == 1
-            and self._lean is not None
-            and self.fast_paths
-            and self.lean_decode
-            and self._lean.usable(attention_mask.shape[1])
-        ):
+        lean = self._lean_for(input_ids, attention_mask, cache)
+        if lean is not None:
+            assert isinstance(cache, BufferCache)
             with decode_attention(input_ids.device):  # its attention is sdpa too
-                logits, hidden = self._lean.step(
-                    input_ids, attention_mask, position_ids, cache.layers
-                )
+                logits, hidden = lean.step(input_ids, attention_mask, position_ids, cache.layers)
             return LMCallResult(logits, hidden, None)
         kwargs: dict[str, Any] = {self._cache_kw: cache if cache is not None else DynamicCache()}
         # Several tokens (a prefill) and a large head: no logits from the model, the LM head runs
@@ -213,11 +224,7 @@ class LMEngine:
         # project hidden[:, -1:], a strided [N, 1, hidden] view that matmul turns into N products
         # that each read the whole head: 104 of a 620 ms SmolLM2 prefill of 32 chat prompts. A
         # small head (under _GATHER_HEAD_AT weights) keeps transformers' own logits.
-        head_here = (
-            self._has_logits_to_keep
-            and input_ids.shape[1] > 1
-            and self._head_size >= _GATHER_HEAD_AT
-        )
+        head_here = self._gather_prefill_head and input_ids.shape[1] > 1
         if self._has_logits_to_keep:
             kwargs.update(
                 no_logits(self.model, input_ids.device) if head_here else {"logits_to_keep": 1}
