@@ -50,7 +50,13 @@ from rlhf_gym.agents.response_scoring import (
 )
 from rlhf_gym.agents.response_scoring import score_responses as _score_responses
 from rlhf_gym.agents.sequence_eval import group_by_prefix
-from rlhf_gym.agents.shared_prefix import no_logits, plain_layers, trunk_hidden
+from rlhf_gym.agents.shared_prefix import (
+    SharedTokens,
+    no_logits,
+    plain_layers,
+    share_tokens,
+    trunk_hidden,
+)
 
 #: LM heads of at least this many weights get the prefill's last states gathered before them.
 _GATHER_HEAD_AT = 1 << 22
@@ -283,15 +289,16 @@ class LMEngine:
             pos = groups.lengths[members] - 1
             width = int(groups.lengths[rows].max())
             ids = input_ids[rows, :width]  # [g, width]
+            limits = None
+            if self._share_prefix():  # each representative's first read position
+                limits = torch.full_like(groups.lengths[rows], width)
+                limits = limits.scatter_reduce(0, local, pos, "amin")
             with self._training_forward():
-                hidden, offset = trunk_hidden(
-                    self.model,
-                    ids,
-                    attention_mask[rows, :width],
-                    limit=int(pos.min()) if self._share_prefix() else 0,
-                )  # [g, width - offset, hidden]
+                hidden, offsets = trunk_hidden(
+                    self.model, ids, attention_mask[rows, :width], limits=limits
+                )  # [g, C, hidden], row r's column c at position offsets[r] + c
             order_parts.append(members)
-            hidden_parts.append(hidden[local, pos - offset])  # [n, hidden]
+            hidden_parts.append(hidden[local, pos - offsets[local]])  # [n, hidden]
         return torch.cat(hidden_parts), torch.cat(order_parts)
 
     def score_actions(
@@ -337,6 +344,7 @@ class LMEngine:
         *,
         entropy: bool = False,
         action_masks: torch.Tensor | None = None,
+        shared: tuple[SharedTokens, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs ``[B, T]`` (and entropies) of whole responses, T the longest.
 
@@ -348,6 +356,8 @@ class LMEngine:
         :param attention_mask: ``[B, W]``.
         :param prompt_lens: ``[B]``; :param response_lens: ``[B]`` (each at least 1).
         :param action_masks: ``[B, vocab]`` bool, the tokens each row may emit, or None.
+        :param shared: ``(tokens, rows)``: the rows' shared prompt tokens already run for
+        their minibatch (:meth:`shared_prompts`), ``rows [B]`` these rows' indices in it.
         """
         longest = int(response_lens.max())
         parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
@@ -365,6 +375,7 @@ class LMEngine:
                     entropy=entropy,
                     action_masks=None if action_masks is None else action_masks[rows],
                     share_prefix=self._share_prefix(),
+                    shared=None if shared is None else (shared[0], shared[1][rows]),
                 )
                 pad = longest - lp.shape[1]
                 parts.append(
@@ -377,6 +388,33 @@ class LMEngine:
         if not entropy:
             return log_prob, None
         return log_prob, torch.cat([p[1] for p in parts])  # type: ignore[misc]
+
+    @contextmanager
+    def shared_prompts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor
+    ) -> Iterator[SharedTokens | None]:
+        """Run a minibatch's shared prompt tokens once for the chunks scored inside the block
+        (pass ``shared=(tokens, rows)`` to :meth:`score_responses`), instead of once per chunk.
+
+        With gradients, the chunks' backward passes collect the shared tokens' gradients and
+        the block's end sends them through the shared forward (the full forward's gradients
+        up to float rounding). None when nothing is worth sharing (then each chunk shares its
+        own rows' tokens as before).
+
+        :param input_ids: ``[B, W]`` the minibatch's right-padded ``prompt + response`` ids.
+        :param prompt_lens: ``[B]``; the shared tokens stop before ``prompt_lens - 1``.
+        """
+        if not self._share_prefix():
+            yield None
+            return
+        with self._training_forward():
+            tokens = share_tokens(self.model, input_ids, attention_mask, prompt_lens - 1)
+        if tokens is None or not torch.is_grad_enabled():
+            yield tokens
+            return
+        leaves = tokens.detached()
+        yield leaves
+        tokens.backward(leaves)
 
     def _share_prefix(self) -> bool:
         """Whether a scoring pass runs its rows' common leading tokens once

@@ -41,6 +41,7 @@ episode (true of the env's token sets); one that changes mid-episode is refused,
 from __future__ import annotations
 
 import difflib
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -472,16 +473,26 @@ class GroupRelativePO(ResumableLoop, OnPolicyAlgorithm):
                    "masks": masks, "max_new": max_new, "tokens_per_seq": tokens_per_seq}  # fmt: skip
         for _ in range(self.num_iterations):
             for idx in torch.randperm(n, device=old.device).split(size):
+                # A group's answers side by side: a chunk holding several of them runs their
+                # prompt once (shared_prefix). The minibatch itself stays a random draw.
+                idx = idx[torch.argsort(batch["group_ids"][idx], stable=True)]
                 # The minibatch's tokens over every rank, per rank: bnpo's mean over all of them
                 # once the ranks' gradients are averaged (equal sequence counts on every rank).
                 n_tokens = distributed.all_reduce([float(mask[idx].sum())])[0] / world
                 self.policy.optimizer.zero_grad()
                 sums = np.zeros(4)  # loss, approx-KL sum, clipped tokens, k3 sum
-                for part in idx.split(chunk):
-                    loss, stats = self._chunk_loss(batch, part, len(idx), n_tokens, context)
-                    stop_on_non_finite(self, loss)
-                    loss.backward()  # gradients accumulate over the minibatch's chunks
-                    sums += [float(loss.detach()), *stats]
+                shared_prompts = self.policy.shared_prompts(
+                    *(batch[k][idx] for k in ("input_ids", "attention_mask", "prompt_lens"))
+                ) if len(idx) > chunk else nullcontext()  # fmt: skip
+                with shared_prompts as shared:  # the minibatch's prompts run once for its chunks
+                    for rows in torch.arange(len(idx), device=idx.device).split(chunk):
+                        context["shared"] = None if shared is None else (shared, rows)
+                        loss, stats = self._chunk_loss(
+                            batch, idx[rows], len(idx), n_tokens, context
+                        )
+                        stop_on_non_finite(self, loss)
+                        loss.backward()  # gradients accumulate over the minibatch's chunks
+                        sums += [float(loss.detach()), *stats]
                 distributed.average_gradients(self.policy.parameters())
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
@@ -519,6 +530,7 @@ class GroupRelativePO(ResumableLoop, OnPolicyAlgorithm):
             batch["response_lens"][idx],
             entropy=self.ent_coef != 0.0,
             action_masks=None if c["masks"] is None else c["masks"][idx],
+            shared=c.get("shared"),
         )
         width = log_prob.shape[1]  # [b, T] the chunk's longest response
         m = c["mask"][idx][:, :width]

@@ -47,7 +47,7 @@ import contextlib
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import numpy as np
@@ -508,6 +508,16 @@ class _LoRACore:
         grad = torch.no_grad() if reference else nullcontext()
         with context, grad:
             return self.engine.score_responses(*on_device, **options)
+
+    def shared_prompts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor
+    ) -> AbstractContextManager[Any]:
+        """A minibatch's shared prompt tokens run once for the chunks scored inside the block:
+        :meth:`rlhf_gym.agents.engine.LMEngine.shared_prompts` on this policy's device."""
+        ids, mask, lens = (
+            t.to(self.device).long() for t in (input_ids, attention_mask, prompt_lens)
+        )
+        return self.engine.shared_prompts(ids, mask, lens)
 
     # ------------------------------------------------------------------ distributions
     def _distribution(self, logits: torch.Tensor, action_masks: Any = None) -> Any:

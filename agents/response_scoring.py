@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rlhf_gym.agents.distributions import MASKED_LOGIT
 from rlhf_gym.agents.fused_log_probs import fusable_head, fused_token_log_probs
-from rlhf_gym.agents.shared_prefix import trunk_hidden
+from rlhf_gym.agents.shared_prefix import SharedTokens, trunk_hidden
 
 #: Bytes per vocabulary entry of a scored token: float32 logits, exp and one temporary.
 _BYTES_PER_LOGIT = 12
@@ -143,6 +143,7 @@ def score_responses(
     entropy: bool = False,
     action_masks: torch.Tensor | None = None,
     share_prefix: bool = False,
+    shared: tuple[SharedTokens, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of each row's response under ``model``, one forward for the batch.
 
@@ -152,20 +153,26 @@ def score_responses(
     :param response_lens: ``[B]`` response tokens per row (at least 1).
     :param budget_mb: memory budget of one ``[chunk, vocab]`` block.
     :param action_masks: ``[B, vocab]`` bool tokens each row may emit (masked as in sampling).
-    :param share_prefix: run the rows' common leading tokens once
-        (:mod:`rlhf_gym.agents.shared_prefix`; they stop before the first scored position).
+    :param share_prefix: run the rows' common leading tokens once, and a prompt's tokens
+        once per group of rows that repeat it (:mod:`rlhf_gym.agents.shared_prefix`; they
+        stop before each row's first scored position).
+    :param shared: ``(tokens, rows)``: shared tokens already run for a larger batch, these
+        rows' indices in it (the minibatch of a chunk; ``share_prefix`` is then not used).
     :return: ``([B, T] log-probs, [B, T] entropies or None)``, ``T`` the longest response,
         zero where ``j >= response_lens[b]``.
     """
     batch, width = input_ids.shape
-    # The first scored position is prompt_len - 1: a shared prefix must end before it.
-    limit = int(prompt_lens.min()) - 1 if share_prefix and batch > 1 else 0
-    hidden, offset = trunk_hidden(model, input_ids, attention_mask, limit=limit)
-    # hidden: [B, W - offset, hidden], the LM head's input at positions offset..W-1
+    # The first scored position is prompt_len - 1: shared tokens must end before it.
+    limits = prompt_lens - 1 if share_prefix and batch > 1 else None
+    tokens, in_tokens = (None, None) if shared is None else shared
+    hidden, offsets = trunk_hidden(
+        model, input_ids, attention_mask, limits=limits, shared=tokens, rows=in_tokens
+    )
+    # hidden: [B, C, hidden], row b's LM head input at positions offsets[b]..
     positions, valid = response_positions(prompt_lens, response_lens, width)
     rows = torch.arange(batch, device=input_ids.device)[:, None].expand_as(positions)
     # The token at position p is predicted by the hidden state at p - 1.
-    h = hidden[rows[valid], positions[valid] - 1 - offset]  # [N, hidden]
+    h = hidden[rows[valid], positions[valid] - 1 - offsets[rows[valid]]]  # [N, hidden]
     tokens = input_ids[rows[valid], positions[valid]]  # [N]
     head, softcap = lm_head(model)
     vocab = int(head.weight.shape[0])

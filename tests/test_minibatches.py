@@ -43,8 +43,10 @@ def test_an_epoch_forwards_each_episode_once(tiny_tokenizer_dir, tiny_lm_dir, ba
     agent = _agent(tiny_tokenizer_dir, tiny_lm_dir, batch_size=batch_size)
     rows: list[int] = []
     base = agent.policy.model.get_base_model()
+    # Forwards that return hidden states run the sequences (a shared prompt's forwards do not).
     hook = base.register_forward_hook(
-        lambda m, a, kw, out: rows.append(int(kw["input_ids"].shape[0])) if torch.is_grad_enabled() else None,
+        lambda m, a, kw, out: rows.append(int(kw["input_ids"].shape[0]))
+        if torch.is_grad_enabled() and kw.get("output_hidden_states") else None,
         with_kwargs=True,
     )  # fmt: skip
     agent.learn(48)

@@ -166,3 +166,68 @@ def test_distinct_prompts_run_the_plain_forward(tiny_tokenizer_dir: Path, lm_dir
     with torch.no_grad():
         shared(to_tensor_obs(env.reset()))
     assert all(batch == 4 for batch, _ in counter.calls)  # no batch-of-one prefix forward
+
+
+def _grouped_batch(tokenizer: Any) -> tuple[torch.Tensor, ...]:
+    """Three prompts of different lengths after the system turn, three answers each (a GRPO
+    round): ``(input_ids, attention_mask, prompt_lens, response_lens)``, right-padded."""
+    users = ("write a poem about the movie", "hello world", "the acting was great and i love it")
+    gen = torch.Generator().manual_seed(0)
+    rows, prompt_lens, response_lens = [], [], []
+    for user in users:
+        prompt = tokenizer(f"{SYSTEM}{user}")["input_ids"]
+        for answer_len in (3, 6, 4):
+            answer = torch.randint(5, 50, (answer_len,), generator=gen).tolist()
+            rows.append(prompt + answer)
+            prompt_lens.append(len(prompt))
+            response_lens.append(answer_len)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, mask, torch.tensor(prompt_lens), torch.tensor(response_lens)
+
+
+def test_prompt_groups_run_once_with_the_full_forwards_results(
+    tiny_tokenizer, tiny_tokenizer_dir: Path, lm_dir: Path
+) -> None:
+    shared, plain = _policies(_env(tiny_tokenizer_dir), lm_dir)
+    ids, mask, prompt_lens, response_lens = _grouped_batch(tiny_tokenizer)
+    counter = _Fed(shared.model)
+    with torch.no_grad():
+        lp_s, _ = shared.score_responses(ids, mask, prompt_lens, response_lens, entropy=True)
+        lp_p, _ = plain.score_responses(ids, mask, prompt_lens, response_lens, entropy=True)
+    torch.testing.assert_close(lp_s, lp_p, atol=1e-5, rtol=1e-5)
+    common = shared_prefix_length(ids, int(prompt_lens.min()) - 1)
+    longest = int(prompt_lens.max()) - 1 - common
+    # The system turn once, each prompt's rest once per group, then each row's own tokens
+    # (the last prompt token and the answer), not the width of the longest row.
+    own = int(response_lens.max()) + 1
+    assert counter.calls == [(1, common), (3, longest), (9, own)]
+
+
+def test_chunks_share_their_minibatchs_prompts_with_the_same_gradients(
+    tiny_tokenizer, tiny_tokenizer_dir: Path, lm_dir: Path
+) -> None:
+    shared, plain = _policies(_env(tiny_tokenizer_dir), lm_dir)
+    ids, mask, prompt_lens, response_lens = _grouped_batch(tiny_tokenizer)
+    weights = torch.randn(
+        len(ids), int(response_lens.max()), generator=torch.Generator().manual_seed(1)
+    )
+    counter = _Fed(shared.model)
+    results = []
+    for policy in (shared, plain):
+        policy.optimizer.zero_grad()
+        with policy.shared_prompts(ids, mask, prompt_lens) as tokens:
+            assert (tokens is not None) == (policy is shared)
+            for rows in torch.arange(len(ids)).split(4):  # chunks that split a group
+                lp, _ = policy.score_responses(
+                    ids[rows], mask[rows], prompt_lens[rows], response_lens[rows],
+                    shared=None if tokens is None else (tokens, rows),
+                )  # fmt: skip
+                (lp * weights[rows, : lp.shape[1]]).sum().backward()
+        results.append([p.grad.clone() for p in policy.model.parameters() if p.requires_grad])
+    # The shared tokens ran once, before the chunks: three rows, then 4 + 4 + 1.
+    assert [rows for rows, _ in counter.calls] == [1, 3, 4, 4, 1]
+    assert all(g.abs().sum() > 0 for g in results[0])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
