@@ -39,7 +39,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from rlhf_gym.agents.shared_prefix import expanded_cache, shared_prefix_length
+from rlhf_gym.agents.shared_prefix import expanded_cache, prompt_groups, shared_prefix_length
 
 
 class _Span:
@@ -306,22 +306,31 @@ class RolloutKVCache:
         With ``share_prefix`` the rows' common leading tokens are fed once
         (:func:`_prefill_shared`); the buffers end up the same up to float rounding.
         """
-        lens = lengths[rows]
-        width_p = int(lens.max())
+        width_p = int(lengths[rows].max())
+        copies = None
+        if self.share_prefix:  # rows that repeat a prompt (a GRPO group) are fed once
+            groups = prompt_groups(input_ids[rows, :width_p], lengths[rows])
+            copies = groups if len(groups.first) < len(rows) else None
+        fed_rows = rows if copies is None else rows[copies.first]
+        lens = lengths[fed_rows]
         prefix = 0
         if self.share_prefix:  # the last token of every row must stay out of the prefix
-            prefix = shared_prefix_length(input_ids[rows, :width_p], int(lens.min()) - 1)
-        result = _prefill_shared(call, input_ids[rows], lens, prefix) if prefix else None
+            prefix = shared_prefix_length(input_ids[fed_rows, :width_p], int(lens.min()) - 1)
+        result = _prefill_shared(call, input_ids[fed_rows], lens, prefix) if prefix else None
         fed = int(lens.sum()) if result is None else prefix + int((lens - prefix).sum())
         if result is None:
             cols = torch.arange(width_p, device=input_ids.device)
             mask = (cols[None, :] >= width_p - lens[:, None]).long()
             # Right-align each row's tokens: column c holds token c - (width_p - len).
             src = (cols[None, :] - (width_p - lens[:, None])).clamp(min=0)
-            ids = torch.gather(input_ids[rows, :width_p], 1, src) * mask
+            ids = torch.gather(input_ids[fed_rows, :width_p], 1, src) * mask
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             result = call(ids, mask, position_ids, None)
         assert result.past is not None
+        if copies is not None:  # every row gets its prompt's outputs and keys/values
+            index = copies.group
+            past = [(k[index], v[index]) for k, v in result.past]
+            result = LMCallResult(result.logits[index], result.hidden[index], past)
         whole_batch = len(rows) == batch
         if whole_batch:
             self._allocate(result.past, batch, width_p)

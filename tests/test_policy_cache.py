@@ -66,7 +66,10 @@ def test_incremental_outputs_equal_full_forward_and_one_token_per_env(
             logits = policy.kv_cache(n_envs).last_logits
         cache = policy.kv_cache(n_envs)
         lengths = obs["attention_mask"].sum(-1)
-        prefilled = sum(int(lengths[i]) for i in range(n_envs) if previous_dones[i])
+        prompts = obs["input_ids"].tolist()
+        # Each reset row's prompt is fed once (a prompt two rows drew, once for both).
+        fresh = {tuple(prompts[i][: lengths[i]]) for i in range(n_envs) if previous_dones[i]}
+        prefilled = sum(len(prompt) for prompt in fresh)
         # One batched extend feeds a token to EVERY row as soon as one row extends (a reset row
         # gets a placeholder there, overwritten by its re-prefill); resets add their prompts.
         extend_call = n_envs if step > 0 and not previous_dones.all() else 0

@@ -97,17 +97,25 @@ def test_prefix_length_stops_at_the_limit_and_ignores_short_or_single_rows() -> 
     assert shared_prefix_length(ids, limit=13) == 0  # 3 tokens in common: not worth it
 
 
-def test_rollout_prefill_feeds_the_prefix_once(tiny_tokenizer_dir: Path, lm_dir: Path) -> None:
+def test_rollout_prefill_feeds_each_prompt_and_the_prefix_once(
+    tiny_tokenizer_dir: Path, lm_dir: Path
+) -> None:
     env_a, env_b = _env(tiny_tokenizer_dir), _env(tiny_tokenizer_dir)  # the same prompts
     shared, plain = _policies(env_a, lm_dir)
     for step, obs in cached_outputs_in_lockstep((env_a, env_b), (shared, plain), 5, atol=2e-5):
         if step == 0:
             lengths = obs["attention_mask"].sum(-1)
-            limit = int(lengths.min()) - 1
-            prefix = shared_prefix_length(torch.as_tensor(obs["input_ids"]), limit)
+            # A prompt drawn twice is fed once, the system turn once for all prompts.
+            distinct = sorted(
+                {tuple(r[:n]) for r, n in zip(obs["input_ids"].tolist(), lengths, strict=True)}
+            )
+            assert len(distinct) < 4  # this seed draws a prompt twice
+            width = max(len(r) for r in distinct)
+            padded = torch.tensor([list(r) + [0] * (width - len(r)) for r in distinct])
+            prefix = shared_prefix_length(padded, min(len(r) for r in distinct) - 1)
             assert prefix >= 15
             fed = shared.kv_cache(4).tokens_fed_last
-            assert fed == prefix + int((lengths - prefix).sum())
+            assert fed == prefix + sum(len(r) - prefix for r in distinct)
             assert plain.kv_cache(4).tokens_fed_last == int(lengths.sum())
 
 
@@ -163,9 +171,13 @@ def test_distinct_prompts_run_the_plain_forward(tiny_tokenizer_dir: Path, lm_dir
     env = make_env(tiny_tokenizer_dir, 4, max_prompt_tokens=16, max_new_tokens=3)
     shared, _ = _policies(env, lm_dir)
     counter = _Fed(shared.model)
+    obs = env.reset()
+    lengths = obs["attention_mask"].sum(-1)
+    distinct = {tuple(r[:n]) for r, n in zip(obs["input_ids"].tolist(), lengths, strict=True)}
     with torch.no_grad():
-        shared(to_tensor_obs(env.reset()))
-    assert all(batch == 4 for batch, _ in counter.calls)  # no batch-of-one prefix forward
+        shared(to_tensor_obs(obs))
+    # One forward of the distinct prompts, no batch-of-one prefix forward.
+    assert [batch for batch, _ in counter.calls] == [len(distinct)]
 
 
 def _grouped_batch(tokenizer: Any) -> tuple[torch.Tensor, ...]:
