@@ -303,8 +303,9 @@ class RolloutKVCache:
     ) -> int:
         """Feed ``rows`` whole, right-aligned, then write their keys/values into the buffers.
 
-        With ``share_prefix`` the rows' common leading tokens are fed once
-        (:func:`_prefill_shared`); the buffers end up the same up to float rounding.
+        With ``share_prefix`` rows that repeat a prompt (a GRPO group) are fed once and copied,
+        and the rows' common leading tokens are fed once (:func:`_prefill_shared`); the
+        buffers end up the same up to float rounding.
         """
         width_p = int(lengths[rows].max())
         copies = None

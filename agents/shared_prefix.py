@@ -23,8 +23,8 @@ hundred tokens and groups of 8 that is most of a pass. A minibatch scored in chu
 shared tokens once for all its chunks (:meth:`SharedTokens.detached` collects each chunk's
 gradients, :meth:`SharedTokens.backward` sends them through the shared forward once).
 
-It applies only where it is exact: the prefix stops before the first position whose output is
-read (``limit``), batches of one and prefixes under :data:`MIN_SHARED_TOKENS` tokens run as
+It applies only where it is exact: shared tokens stop before each row's first position whose
+output is read (``limits``), batches of one and prefixes under :data:`MIN_SHARED_TOKENS` tokens run as
 before, and callers skip it under gradient checkpointing (the recomputed layer would append to
 the cache twice). A cache built without a config holds plain ``DynamicLayer`` s for every
 attention layer, sliding-window ones included (the model's masks apply the window; checked by hand,
