@@ -52,6 +52,7 @@ from rlhf_gym.agents.response_scoring import score_responses as _score_responses
 from rlhf_gym.agents.sequence_eval import group_by_prefix
 from rlhf_gym.agents.shared_prefix import (
     SharedTokens,
+    attention_window,
     no_logits,
     plain_layers,
     share_tokens,
@@ -98,6 +99,7 @@ class LMEngine:
         self.use_kv_cache = bool(use_kv_cache)
         self.merge_for_rollout = bool(merge_for_rollout)
         self.share_prefix = bool(share_prefix)
+        self._window = attention_window(model)
         self.lean_decode = bool(lean_decode)
         self.eval_chunk_size = int(eval_chunk_size)
         self.logit_memory_mb = float(logit_memory_mb)
@@ -178,6 +180,7 @@ class LMEngine:
         if use_cache and self.fast_paths and self.use_kv_cache:
             cache = self._kv_caches.setdefault(ids.shape[0], RolloutKVCache())
             cache.share_prefix = self.share_prefix
+            cache.window = self._window
             key = self._fingerprint() if fingerprint is None else fingerprint
             try:
                 return cache.step(self._lm_call, ids, mask, key)
@@ -391,7 +394,11 @@ class LMEngine:
 
     @contextmanager
     def shared_prompts(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_lens: torch.Tensor,
+        max_tokens: int | None = None,
     ) -> Iterator[SharedTokens | None]:
         """Run a minibatch's shared prompt tokens once for the chunks scored inside the block
         (pass ``shared=(tokens, rows)`` to :meth:`score_responses`), instead of once per chunk.
@@ -403,12 +410,17 @@ class LMEngine:
 
         :param input_ids: ``[B, W]`` the minibatch's right-padded ``prompt + response`` ids.
         :param prompt_lens: ``[B]``; the shared tokens stop before ``prompt_lens - 1``.
+        :param max_tokens: share nothing when the shared forward would feed more tokens (its
+            activations stay alive for every chunk: one chunk's tokens keeps the memory a
+            chunked backward promises).
         """
         if not self._share_prefix():
             yield None
             return
         with self._training_forward():
-            tokens = share_tokens(self.model, input_ids, attention_mask, prompt_lens - 1)
+            tokens = share_tokens(
+                self.model, input_ids, attention_mask, prompt_lens - 1, max_tokens=max_tokens
+            )
         if tokens is None or not torch.is_grad_enabled():
             yield tokens
             return

@@ -481,10 +481,14 @@ class GroupRelativePO(ResumableLoop, OnPolicyAlgorithm):
                 n_tokens = distributed.all_reduce([float(mask[idx].sum())])[0] / world
                 self.policy.optimizer.zero_grad()
                 sums = np.zeros(4)  # loss, approx-KL sum, clipped tokens, k3 sum
+                # The minibatch's prompts run once for all its chunks, when their forward is no
+                # larger than one chunk's (its activations live until the last chunk's backward).
+                longest = int(batch["attention_mask"][idx].sum(-1).max())
                 shared_prompts = self.policy.shared_prompts(
-                    *(batch[k][idx] for k in ("input_ids", "attention_mask", "prompt_lens"))
+                    *(batch[k][idx] for k in ("input_ids", "attention_mask", "prompt_lens")),
+                    max_tokens=chunk * longest,
                 ) if len(idx) > chunk else nullcontext()  # fmt: skip
-                with shared_prompts as shared:  # the minibatch's prompts run once for its chunks
+                with shared_prompts as shared:
                     for rows in torch.arange(len(idx), device=idx.device).split(chunk):
                         context["shared"] = None if shared is None else (shared, rows)
                         loss, stats = self._chunk_loss(
@@ -493,6 +497,7 @@ class GroupRelativePO(ResumableLoop, OnPolicyAlgorithm):
                         stop_on_non_finite(self, loss)
                         loss.backward()  # gradients accumulate over the minibatch's chunks
                         sums += [float(loss.detach()), *stats]
+                context["shared"] = None  # the shared tokens' leaves and gradients go
                 distributed.average_gradients(self.policy.parameters())
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()

@@ -143,6 +143,10 @@ class RolloutKVCache:
     def __init__(self, *, share_prefix: bool = True) -> None:
         #: Prefill the rows' common leading tokens once (:func:`_prefill_shared`).
         self.share_prefix = share_prefix
+        #: The model's sliding window in key columns, if any: a prefill whose shared prefix and
+        #: right-aligned rest could span more columns than it is fed whole (the holes between
+        #: the two would push keys out of transformers' column-counted window).
+        self.window: int | None = None
         self.span = _Span()
         #: One per model layer, each holding that layer's key and value buffers.
         self.layers: list[BufferLayer] = []
@@ -315,7 +319,8 @@ class RolloutKVCache:
         fed_rows = rows if copies is None else rows[copies.first]
         lens = lengths[fed_rows]
         prefix = 0
-        if self.share_prefix:  # the last token of every row must stay out of the prefix
+        if self.share_prefix and (self.window is None or width_p <= self.window):
+            # the last token of every row must stay out of the prefix
             prefix = shared_prefix_length(input_ids[fed_rows, :width_p], int(lens.min()) - 1)
         result = _prefill_shared(call, input_ids[fed_rows], lens, prefix) if prefix else None
         fed = int(lens.sum()) if result is None else prefix + int((lens - prefix).sum())

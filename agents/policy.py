@@ -510,14 +510,18 @@ class _LoRACore:
             return self.engine.score_responses(*on_device, **options)
 
     def shared_prompts(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_lens: torch.Tensor,
+        max_tokens: int | None = None,
     ) -> AbstractContextManager[Any]:
         """A minibatch's shared prompt tokens run once for the chunks scored inside the block:
         :meth:`rlhf_gym.agents.engine.LMEngine.shared_prompts` on this policy's device."""
         ids, mask, lens = (
             t.to(self.device).long() for t in (input_ids, attention_mask, prompt_lens)
         )
-        return self.engine.shared_prompts(ids, mask, lens)
+        return self.engine.shared_prompts(ids, mask, lens, max_tokens)
 
     # ------------------------------------------------------------------ distributions
     def _distribution(self, logits: torch.Tensor, action_masks: Any = None) -> Any:

@@ -189,7 +189,10 @@ class SharedTokens:
         """Leaf copies that collect the gradients of the forwards that use them, so several
         chunks of rows (each its own backward) share one forward of the shared tokens; hand
         them to :meth:`backward` after the last chunk."""
-        leaves = [(k.detach().requires_grad_(), v.detach().requires_grad_()) for k, v in self.past]
+        leaves = [
+            (k.detach().requires_grad_(k.requires_grad), v.detach().requires_grad_(v.requires_grad))
+            for k, v in self.past
+        ]
         return replace(self, past=leaves)
 
     def backward(self, leaves: SharedTokens) -> None:
@@ -206,14 +209,32 @@ class SharedTokens:
             torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
 
 
+def attention_window(model: Any) -> int | None:
+    """The model's sliding (or chunked) attention span in key columns, if it has one."""
+    config = model.config.get_text_config() if hasattr(model, "config") else None
+    spans = [getattr(config, name, None) for name in ("sliding_window", "attention_chunk_size")]
+    return min((int(s) for s in spans if s), default=None)
+
+
 def share_tokens(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, limits: torch.Tensor
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    limits: torch.Tensor,
+    *,
+    max_tokens: int | None = None,
 ) -> SharedTokens | None:
     """Run once the tokens the rows of ``input_ids`` share before ``limits`` (``[B]``, each
     row's first read position, within the row): the batch's common prefix as a batch of one,
     then, where rows repeat a prompt (:func:`prompt_groups`) and that removes at least
     1/:data:`MIN_GROUP_SAVING` of the tokens fed, the rest of each group's tokens once per
-    group. None when nothing is worth sharing or the model's cache cannot be expanded."""
+    group. None when nothing is worth sharing, the shared forward would feed more than
+    ``max_tokens`` tokens, or the model's cache cannot be expanded.
+
+    Groups are not used when a row's cached and own columns could exceed the model's sliding
+    window: transformers measures the window in cache columns, and the padding between a
+    shorter group's tokens and a row's own tokens would push keys out of it.
+    """
     rows, width = input_ids.shape
     if rows < 2:
         return None
@@ -223,11 +244,21 @@ def share_tokens(
     groups: PromptGroups | None = prompt_groups(input_ids, limits)
     n_groups = len(groups.first)  # type: ignore[union-attr]
     seg = int(groups.lengths.max()) - common  # type: ignore[union-attr]
-    fed_alone = rows * (width - common)  # padded tokens fed without the groups
-    own = int((attention_mask.sum(-1) - limits).max())  # the longest row's own tokens
+    lengths = attention_mask.sum(-1)
+    fed_alone = rows * (int(lengths.max()) - common)  # what the common prefix alone leaves
+    own = int((lengths - limits).max())  # the longest row's own tokens
     fed_grouped = n_groups * seg + rows * own
-    if (fed_alone - fed_grouped) * MIN_GROUP_SAVING < fed_alone:
+    window = attention_window(model)
+    if (
+        n_groups == rows
+        or seg <= 0
+        or (fed_alone - fed_grouped) * MIN_GROUP_SAVING < fed_alone
+        or (window is not None and common + seg + own > window)
+    ):
         groups = None
+    shared_fed = common + (0 if groups is None else n_groups * seg)
+    if max_tokens is not None and shared_fed > max_tokens:
+        return None
     if groups is None and not common:
         return None
     past = prefix_past(model, input_ids[:1, :common]) if common else []
@@ -291,10 +322,11 @@ def trunk_hidden(
         return out.hidden_states[-1], torch.zeros(batch, dtype=torch.long, device=device)
     rows = torch.arange(batch, device=device) if rows is None else rows.to(device)
     group, starts = shared.group[rows], shared.starts[rows]
+    # Each layer's rows made as the cache copies them in (a generator: one layer's at a time).
     if len(shared.mask) == 1:  # the common prefix alone: a view per row
-        past = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in shared.past]
+        past = ((k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in shared.past)
     else:
-        past = [(k[group], v[group]) for k, v in shared.past]
+        past = ((k[group], v[group]) for k, v in shared.past)
     # Each row's own tokens from its start to its end, left-aligned: [B, R].
     own_lengths = attention_mask.sum(-1) - starts
     positions = starts[:, None] + torch.arange(int(own_lengths.max()), device=device)

@@ -16,7 +16,12 @@ import pytest
 import torch
 
 from rlhf_gym.agents import LoRAPolicy
-from rlhf_gym.agents.shared_prefix import MIN_SHARED_TOKENS, shared_prefix_length
+from rlhf_gym.agents.shared_prefix import (
+    MIN_SHARED_TOKENS,
+    share_tokens,
+    shared_prefix_length,
+    trunk_hidden,
+)
 from tests import _tiny
 from tests.test_agents_support import cached_outputs_in_lockstep, make_env, to_tensor_obs
 
@@ -243,3 +248,49 @@ def test_chunks_share_their_minibatchs_prompts_with_the_same_gradients(
     assert all(g.abs().sum() > 0 for g in results[0])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 16])
+def test_share_tokens_groups_only_where_exact_and_worth_it(tiny_tokenizer, window) -> None:
+    """Groups need a repeated prompt, a saving, a forward within ``max_tokens`` and, with a
+    sliding window, rows whose cached and own columns fit in it (transformers counts the window
+    in columns, holes included); whatever is shared, hidden states match the full forward."""
+    from tests.test_lean_decode import _build
+
+    model = _build("mistral", len(tiny_tokenizer), sliding_window=window or 4096)
+    ids, mask, prompt_lens, _ = _grouped_batch(tiny_tokenizer)
+    limits = prompt_lens - 1
+    with torch.no_grad():
+        tokens = share_tokens(model, ids, mask, limits)
+        assert tokens is not None
+        # 3 groups of 3 rows; with a 16-column window (rows of 40+ columns) the system turn alone.
+        assert len(tokens.mask) == (1 if window else 3)
+        hidden, offsets = trunk_hidden(model, ids, mask, shared=tokens)
+        full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        rows = torch.arange(len(ids))[:, None]
+        cols = torch.arange(4)[None, :]  # each row's first own positions
+        torch.testing.assert_close(
+            hidden[rows, cols],
+            full.hidden_states[-1][rows, offsets[:, None] + cols],
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        distinct = [0, 3, 6]  # one row per prompt: nothing repeats, the system turn alone
+        alone = share_tokens(model, ids[distinct], mask[distinct], limits[distinct])
+        assert alone is not None and len(alone.mask) == 1
+        assert share_tokens(model, ids, mask, limits, max_tokens=8) is None
+
+
+def test_sliding_window_rollout_matches_the_plain_policy(
+    tiny_tokenizer, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """A prompt longer than a Mistral window: the prefill does not share the system turn (its
+    holes would count against transformers' column-counted window) and stays exact."""
+    from tests.test_lean_decode import _build
+
+    model = _build("mistral", len(tiny_tokenizer), sliding_window=16)
+    lm_dir = _tiny.save_model(tmp_path, model, tiny_tokenizer)
+    env_a, env_b = _env(tiny_tokenizer_dir), _env(tiny_tokenizer_dir)
+    shared, plain = _policies(env_a, lm_dir)
+    for _ in cached_outputs_in_lockstep((env_a, env_b), (shared, plain), 5, atol=2e-5):
+        pass
