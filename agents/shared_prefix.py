@@ -27,9 +27,11 @@ It applies only where it is exact: shared tokens stop before each row's first po
 output is read (``limits``), batches of one and prefixes under :data:`MIN_SHARED_TOKENS` tokens run as
 before, and callers skip it under gradient checkpointing (the recomputed layer would append to
 the cache twice). A cache built without a config holds plain ``DynamicLayer`` s for every
-attention layer, sliding-window ones included (the model's masks apply the window; checked by hand,
-not in the tests, on tiny Mistral and Gemma 3 configs); a model whose cache holds anything else
-(recurrent or hybrid layers) runs without sharing.
+attention layer, sliding-window ones included: the model's masks apply the window, counted in
+cache columns, so groups (whose rows have masked padding between shared and own tokens) are
+used only where a row's columns fit in the window (:func:`attention_window`; tested on a
+windowed Mistral). A model whose cache holds anything else (recurrent or hybrid layers) runs
+without sharing.
 """
 
 from __future__ import annotations
