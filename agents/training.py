@@ -447,12 +447,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.progress_bar and dist_info.is_main:
         callbacks.append(GlobalProgressBar())
     remaining = max(0, cfg.total_timesteps - run.global_steps())  # steps of all ranks
+    # The learner's own wall time (rollouts, updates and the callbacks' evaluations; not model
+    # loading nor the before/after evaluation): SB3's time/time_elapsed is whole seconds and is
+    # logged before each update, so it leaves out the last one.
+    learn_start = time.perf_counter()
     with _stop_on_ctrl_c(run):
         run.agent.learn(
             remaining,
             callback=CallbackList(callbacks),
             reset_num_timesteps=run.resumed_from is None,
         )
+    learn_seconds = time.perf_counter() - learn_start
     if distributed.any_rank(run.stop_requested):  # every rank takes the same branch
         raise RunStopped(
             f"stopped by Ctrl-C after a checkpoint at step {run.checkpointed_at}; continue "
@@ -476,6 +481,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "before": before.as_row(),
         "after": after.as_row(),
         "timesteps": run.global_steps(),
+        "learn_seconds": round(learn_seconds, 3),  # this process's learn() (a resume: its part)
         "checks": [dataclasses.asdict(c) for c in checks],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
