@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rlhf_gym.agents.config import (
@@ -205,13 +206,20 @@ def stats_table(title: str, columns: dict[str, Any], *, default_task: bool = Tru
     return table
 
 
+def _sample_text(prompt: str, completion: str, chat: bool) -> str:
+    """A sample as a person reads it: a chat row's user turn, then its answer on a line of its
+    own (the rendered template is not shown); a plain prompt runs on into its continuation."""
+    prompt, completion = escape(prompt), escape(completion)
+    if chat:
+        return f"  {prompt}\n    [cyan]-> {completion}[/]"
+    return f"  {prompt}[cyan]{completion}[/]"
+
+
 def _print_samples(title: str, samples: list[dict[str, Any]]) -> None:
     console.print(f"[bold]{title}[/]")
     for s in samples:
-        console.print(
-            f"  {s['prompt']!s}[cyan]{s['completion']}[/]  [dim](reward {s['reward']:.2f})[/]",
-            highlight=False,
-        )
+        text = _sample_text(str(s["prompt"]), s["completion"], bool(s.get("chat")))
+        console.print(f"{text}  [dim](reward {s['reward']:.2f})[/]", highlight=False)
 
 
 def _print_train_report(result: Any) -> None:
@@ -339,7 +347,7 @@ def _generate(cfg: GenerateConfig) -> int:
         seed=cfg.seed,
     )
     for row, text in zip(out.rows, out.completions, strict=True):
-        console.print(f"{row.shown}[cyan]{text}[/]", highlight=False)
+        console.print(_sample_text(row.shown, text, bool(row.query)), highlight=False)
     return 0
 
 

@@ -263,3 +263,25 @@ def test_a_flag_the_algorithm_does_not_take_is_refused_in_one_line(tmp_path, cap
     out = " ".join(capsys.readouterr().out.split())
     assert "--batch-size (YAML batch_size) is not an option of --algo a2c" in out
     assert "Traceback" not in out
+
+
+def test_generate_shows_the_users_turn_and_the_answer_not_the_template(tiny_lm_dir, capsys):
+    args = ["generate", "--model", str(tiny_lm_dir), "--prompt", "is the movie good", "--seed", "0"]
+    assert main([*args, "--max-new-tokens", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("  is the movie good")  # the user's turn alone on its line
+    assert lines[at + 1].startswith("    -> ")  # the answer on the next
+    assert not any("<|user|>" in line or "<|assistant|>" in line for line in lines)
+    assert main([*args, "--max-new-tokens", "4", "--no-chat-template"]) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert plain[0].startswith("  is the movie good") and "->" not in plain[0]
+
+
+def test_samples_print_text_that_looks_like_markup_as_it_is(capsys):
+    from rlhf_gym.agents.cli import _print_samples
+
+    _print_samples("samples", [{"prompt": "a [/b] q", "completion": "[bold]x[/]", "reward": 1.0}])
+    _print_samples("chat", [{"prompt": "q", "completion": "[/i]", "reward": 0.0, "chat": True}])
+    out = capsys.readouterr().out
+    assert "a [/b] q[bold]x[/]  (reward 1.00)" in out
+    assert "  q\n    -> [/i]  (reward 0.00)" in out
