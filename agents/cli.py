@@ -88,11 +88,11 @@ def _report(err: Exception, *, debug: bool) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"  # every rank ends alike; one says so
     if training is not None and isinstance(err, training.RunFinished):
         if main_rank:
-            console.print(str(err), highlight=False)
+            console.print(escape(str(err)), highlight=False)
         return 0
     if training is not None and isinstance(err, training.RunStopped):
         if main_rank:
-            console.print(str(err), highlight=False)
+            console.print(escape(str(err)), highlight=False)
         return 130  # the shell's code for a run ended by SIGINT
     actionable = (FileNotFoundError, ValueError, OSError, FloatingPointError, RewardError)
     if isinstance(err, (TypeError, KeyError)) and _raised_on_purpose(err):
@@ -101,7 +101,8 @@ def _report(err: Exception, *, debug: bool) -> int:
         raise err
     rank = f"\\[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     console.print(
-        f"[bold red]error:[/] {rank}{err}  (--debug shows the traceback)", highlight=False
+        f"[bold red]error:[/] {rank}{escape(str(err))}  (--debug shows the traceback)",
+        highlight=False,
     )
     return 2
 
@@ -243,7 +244,7 @@ def _print_train_report(result: Any) -> None:
     _print_samples("samples before", result.before.samples)
     _print_samples("samples after", result.after.samples)
     console.print(
-        f"run directory: {result.output_dir}  (adapter/, reward_curve.png, progress.csv, eval.csv)"
+        f"run directory: {escape(str(result.output_dir))}  (adapter/, reward_curve.png, progress.csv, eval.csv)"
     )
     console.print(f"total time: {result.seconds:.1f} s")
 

@@ -285,3 +285,12 @@ def test_samples_print_text_that_looks_like_markup_as_it_is(capsys):
     out = capsys.readouterr().out
     assert "a [/b] q[bold]x[/]  (reward 1.00)" in out
     assert "  q\n    -> [/i]  (reward 0.00)" in out
+
+
+def test_an_error_line_keeps_text_that_looks_like_markup(capsys):
+    from rlhf_gym.agents.cli import _report
+
+    assert (
+        _report(ValueError("unknown keys [foo, bar] in run.yaml; path /a/[/b]"), debug=False) == 2
+    )
+    assert "unknown keys [foo, bar] in run.yaml; path /a/[/b]" in capsys.readouterr().out
