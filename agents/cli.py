@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from rlhf_gym.agents.config import (
     EvaluateConfig,
@@ -88,22 +88,20 @@ def _report(err: Exception, *, debug: bool) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"  # every rank ends alike; one says so
     if training is not None and isinstance(err, training.RunFinished):
         if main_rank:
-            console.print(escape(str(err)), highlight=False)
+            console.print(Text(str(err)))  # Text: shown as written, never read as markup
         return 0
     if training is not None and isinstance(err, training.RunStopped):
         if main_rank:
-            console.print(escape(str(err)), highlight=False)
+            console.print(Text(str(err)))
         return 130  # the shell's code for a run ended by SIGINT
     actionable = (FileNotFoundError, ValueError, OSError, FloatingPointError, RewardError)
     if isinstance(err, (TypeError, KeyError)) and _raised_on_purpose(err):
         actionable = (TypeError, KeyError)  # our own checks (a bad spec, a missing column)
     if debug or not isinstance(err, actionable):
         raise err
-    rank = f"\\[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-    console.print(
-        f"[bold red]error:[/] {rank}{escape(str(err))}  (--debug shows the traceback)",
-        highlight=False,
-    )
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    line = Text.assemble(("error:", "bold red"), f" {rank}{err}  (--debug shows the traceback)")
+    console.print(line)
     return 2
 
 
@@ -207,20 +205,22 @@ def stats_table(title: str, columns: dict[str, Any], *, default_task: bool = Tru
     return table
 
 
-def _sample_text(prompt: str, completion: str, chat: bool) -> str:
+def _sample_text(prompt: str, completion: str, chat: bool) -> Text:
     """A sample as a person reads it: a chat row's user turn, then its answer on a line of its
-    own (the rendered template is not shown); a plain prompt runs on into its continuation."""
-    prompt, completion = escape(prompt), escape(completion)
-    if chat:
-        return f"  {prompt}\n    [cyan]-> {completion}[/]"
-    return f"  {prompt}[cyan]{completion}[/]"
+    own (the rendered template is not shown); a plain prompt runs on into its continuation.
+    A ``Text``, so model and user text print as written (no markup, no emoji codes)."""
+    line = Text(f"  {prompt}")
+    line.append("\n    -> " if chat else "", style="cyan")
+    line.append(completion, style="cyan")
+    return line
 
 
 def _print_samples(title: str, samples: list[dict[str, Any]]) -> None:
     console.print(f"[bold]{title}[/]")
     for s in samples:
-        text = _sample_text(str(s["prompt"]), s["completion"], bool(s.get("chat")))
-        console.print(f"{text}  [dim](reward {s['reward']:.2f})[/]", highlight=False)
+        line = _sample_text(str(s["prompt"]), str(s["completion"]), bool(s.get("chat")))
+        line.append(f"  (reward {s['reward']:.2f})", style="dim")
+        console.print(line)
 
 
 def _print_train_report(result: Any) -> None:
@@ -244,7 +244,9 @@ def _print_train_report(result: Any) -> None:
     _print_samples("samples before", result.before.samples)
     _print_samples("samples after", result.after.samples)
     console.print(
-        f"run directory: {escape(str(result.output_dir))}  (adapter/, reward_curve.png, progress.csv, eval.csv)"
+        Text(
+            f"run directory: {result.output_dir}  (adapter/, reward_curve.png, progress.csv, eval.csv)"
+        )
     )
     console.print(f"total time: {result.seconds:.1f} s")
 
@@ -348,7 +350,7 @@ def _generate(cfg: GenerateConfig) -> int:
         seed=cfg.seed,
     )
     for row, text in zip(out.rows, out.completions, strict=True):
-        console.print(_sample_text(row.shown, text, bool(row.query)), highlight=False)
+        console.print(_sample_text(row.shown, text, row.chat))
     return 0
 
 

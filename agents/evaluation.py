@@ -248,7 +248,7 @@ def evaluate_model(
     kl = [float((a - b).sum()) for a, b in zip(logp, logp_ref, strict=True)]
     ref_nll = -sum(float(b.sum()) for b in logp_ref) / max(n_tokens, 1)
     kept = [
-        {"prompt": r.shown, "completion": c, "reward": float(t), "chat": bool(r.query)}
+        {"prompt": r.shown, "completion": c, "reward": float(t), "chat": r.chat}
         for r, c, t in zip(samples.rows[:n_samples_kept], samples.completions, total, strict=False)
     ]
     return EvalStats(

@@ -17,7 +17,7 @@ the independent lexicon measure, KL to the base, perplexity under the base, dist
 
 Training time is the learner's own wall time, model loading and the before/after evaluations
 excluded: ours ``learn_seconds`` from ``summary.json`` (``agent.learn()``, timed to the
-microsecond; SB3's ``time/time_elapsed``, used before, is whole seconds logged before each
+millisecond; SB3's ``time/time_elapsed``, used before, is whole seconds logged before each
 update, so it left out the last update and up to a second more), TRL's ``trainer.train()``. Writes ``benchmarks/learning.md``. Not run by CI.
 """
 

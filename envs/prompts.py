@@ -62,6 +62,9 @@ class PromptRow:
     #: What a person asked: the last user turn of a chat row, else the prompt text. Samples
     #: show it instead of the whole rendered template.
     query: str = ""
+    #: Rendered with a chat template: samples print the query, then the answer on a line of
+    #: its own (a plain prompt runs on into its continuation).
+    chat: bool = False
 
     @property
     def shown(self) -> str:
@@ -268,7 +271,9 @@ class PromptDataset:
                 text = tokenizer.decode(ids)
                 n_truncated += 1
             rows.append(
-                PromptRow(i, text, np.asarray(ids, dtype=np.int64), extras, truncated, query)
+                PromptRow(
+                    i, text, np.asarray(ids, dtype=np.int64), extras, truncated, query, rendered
+                )
             )
         if n_truncated:
             warnings.warn(

@@ -94,6 +94,7 @@ def test_train_writes_run_directory(tmp_path, tiny_task):
     assert [int(r["step"]) for r in rows] == [0, 48]
     samples = json.loads((out / "samples.json").read_text())
     assert len(samples["before"]) == 4 and len(samples["after"]) == 4
+    assert not any(s["chat"] for s in samples["before"])  # plain prompts: no chat rows
     assert main(["evaluate", "--adapter", str(out / "adapter"), "--prompts", str(Path(tiny_task[3])),
                  "--reward", "length", "--max-prompt-tokens", "8", "--max-new-tokens", "6", "--episodes", "4",
                  "--output", str(out / "eval.json")]) == 0  # fmt: skip
@@ -265,7 +266,12 @@ def test_a_flag_the_algorithm_does_not_take_is_refused_in_one_line(tmp_path, cap
     assert "Traceback" not in out
 
 
-def test_generate_shows_the_users_turn_and_the_answer_not_the_template(tiny_lm_dir, capsys):
+def test_generate_shows_the_users_turn_and_the_answer_not_the_template(
+    tiny_lm_dir, capsys, monkeypatch
+):
+    from rlhf_gym.agents import cli
+
+    monkeypatch.setattr(cli.console, "width", 200)  # no wrapping, whatever the terminal
     args = ["generate", "--model", str(tiny_lm_dir), "--prompt", "is the movie good", "--seed", "0"]
     assert main([*args, "--max-new-tokens", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -274,23 +280,27 @@ def test_generate_shows_the_users_turn_and_the_answer_not_the_template(tiny_lm_d
     assert not any("<|user|>" in line or "<|assistant|>" in line for line in lines)
     assert main([*args, "--max-new-tokens", "4", "--no-chat-template"]) == 0
     plain = capsys.readouterr().out.splitlines()
-    assert plain[0].startswith("  is the movie good") and "->" not in plain[0]
+    assert plain[0].startswith("  is the movie good")  # the continuation runs on
+    assert not any(line.startswith("    -> ") for line in plain)
 
 
-def test_samples_print_text_that_looks_like_markup_as_it_is(capsys):
-    from rlhf_gym.agents.cli import _print_samples
+def test_samples_print_text_that_looks_like_markup_as_it_is(capsys, monkeypatch):
+    from rlhf_gym.agents import cli
 
-    _print_samples("samples", [{"prompt": "a [/b] q", "completion": "[bold]x[/]", "reward": 1.0}])
-    _print_samples("chat", [{"prompt": "q", "completion": "[/i]", "reward": 0.0, "chat": True}])
+    monkeypatch.setattr(cli.console, "width", 200)
+    cli._print_samples("t", [{"prompt": "a [/b] q", "completion": "[bold]x[/]", "reward": 1.0}])
+    cli._print_samples(
+        "t", [{"prompt": "q :smile:", "completion": "[/i] \\\\", "reward": 0.0, "chat": True}]
+    )
     out = capsys.readouterr().out
     assert "a [/b] q[bold]x[/]  (reward 1.00)" in out
-    assert "  q\n    -> [/i]  (reward 0.00)" in out
+    assert "  q :smile:\n    -> [/i] \\\\  (reward 0.00)" in out
 
 
-def test_an_error_line_keeps_text_that_looks_like_markup(capsys):
-    from rlhf_gym.agents.cli import _report
+def test_an_error_line_keeps_text_that_looks_like_markup(capsys, monkeypatch):
+    from rlhf_gym.agents import cli
 
-    assert (
-        _report(ValueError("unknown keys [foo, bar] in run.yaml; path /a/[/b]"), debug=False) == 2
-    )
-    assert "unknown keys [foo, bar] in run.yaml; path /a/[/b]" in capsys.readouterr().out
+    monkeypatch.setattr(cli.console, "width", 200)
+    message = "unknown keys [foo, bar] in run.yaml; path /a/[/b] :smile:"
+    assert cli._report(ValueError(message), debug=False) == 2
+    assert f"error: {message}  (--debug shows the traceback)" in capsys.readouterr().out

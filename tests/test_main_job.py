@@ -34,4 +34,4 @@ def test_default_task_main_job_learns_the_preference_and_stays_fluent(tmp_path):
     assert all(check.passed for check in result.checks), result.checks
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["timesteps"] == 16384
-    assert 0.0 < summary["learn_seconds"] < result.seconds  # learn() alone, not the evaluations
+    assert 0.0 < summary["learn_seconds"] < result.seconds  # learn()'s own time, within the job's
