@@ -269,6 +269,7 @@ class PromptDataset:
                     )
                 ids = ids[-max_prompt_tokens:]
                 text = tokenizer.decode(ids)
+                query = query if rendered else text  # samples show what the policy saw
                 n_truncated += 1
             rows.append(
                 PromptRow(

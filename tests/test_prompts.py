@@ -89,6 +89,7 @@ def test_left_truncation_counted_and_reported_once(tiny_tokenizer):
     assert ds.n_truncated == 2 and ds[0].truncated and not ds[1].truncated
     assert ds[0].input_ids.tolist() == ids[-5:]
     assert ds[0].text == tiny_tokenizer.decode(ids[-5:])
+    assert ds[0].shown == ds[0].text  # samples show the prompt the policy saw, not the original
 
 
 def test_truncation_error(tiny_tokenizer):
