@@ -164,9 +164,9 @@ def score_responses(
     batch, width = input_ids.shape
     # The first scored position is prompt_len - 1: shared tokens must end before it.
     limits = prompt_lens - 1 if share_prefix and batch > 1 else None
-    tokens, in_tokens = (None, None) if shared is None else shared
+    shared_tokens, shared_rows = (None, None) if shared is None else shared
     hidden, offsets = trunk_hidden(
-        model, input_ids, attention_mask, limits=limits, shared=tokens, rows=in_tokens
+        model, input_ids, attention_mask, limits=limits, shared=shared_tokens, rows=shared_rows
     )
     # hidden: [B, C, hidden], row b's LM head input at positions offsets[b]..
     positions, valid = response_positions(prompt_lens, response_lens, width)

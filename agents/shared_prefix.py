@@ -109,16 +109,9 @@ def prefix_past(
     """Run ``prefix_ids`` (``[1, P]``) once: its ``[1, kv_heads, P, head_dim]`` keys/values per
     layer, with gradients when enabled. None when the model's cache cannot be expanded (see
     :func:`plain_layers`); the caller then runs the full sequences."""
-    width = prefix_ids.shape[1]
-    out = model(
-        input_ids=prefix_ids,
-        attention_mask=torch.ones_like(prefix_ids),
-        position_ids=torch.arange(width, device=prefix_ids.device)[None, :],
-        use_cache=True,
-        **{cache_keyword(model): DynamicCache()},
-        **no_logits(model, prefix_ids.device),
-    )
-    return plain_layers(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
+    positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)[None, :]
+    mask = torch.ones_like(prefix_ids)
+    return _output_past(_forward(model, prefix_ids, mask, positions, DynamicCache(), hidden=False))
 
 
 @dataclass(frozen=True)
@@ -170,6 +163,11 @@ def _forward(
         **kwargs,
         **no_logits(model, ids.device),
     )
+
+
+def _output_past(out: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The keys/values of a forward's returned cache, or None (see :func:`plain_layers`)."""
+    return plain_layers(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
 
 
 @dataclass(frozen=True)
@@ -243,30 +241,27 @@ def share_tokens(
     device = input_ids.device
     limits = limits.to(device=device, dtype=torch.long).clamp(0, width)
     common = shared_prefix_length(input_ids, int(limits.min()))
-    groups: PromptGroups | None = prompt_groups(input_ids, limits)
-    n_groups = len(groups.first)  # type: ignore[union-attr]
-    seg = int(groups.lengths.max()) - common  # type: ignore[union-attr]
+    groups = prompt_groups(input_ids, limits)
+    n_groups = len(groups.first)
+    seg = int(groups.lengths.max()) - common
     lengths = attention_mask.sum(-1)
     fed_alone = rows * (int(lengths.max()) - common)  # what the common prefix alone leaves
     own = int((lengths - limits).max())  # the longest row's own tokens
     fed_grouped = n_groups * seg + rows * own
     window = attention_window(model)
-    if (
+    grouped = not (
         n_groups == rows
         or seg <= 0
         or (fed_alone - fed_grouped) * MIN_GROUP_SAVING < fed_alone
         or (window is not None and common + seg + own > window)
-    ):
-        groups = None
-    shared_fed = common + (0 if groups is None else n_groups * seg)
-    if max_tokens is not None and shared_fed > max_tokens:
-        return None
-    if groups is None and not common:
+    )
+    shared_fed = common + (n_groups * seg if grouped else 0)
+    if (max_tokens is not None and shared_fed > max_tokens) or not (grouped or common):
         return None
     past = prefix_past(model, input_ids[:1, :common]) if common else []
     if past is None:
         return None
-    if groups is None:
+    if not grouped:
         ones = torch.ones(1, common, dtype=attention_mask.dtype, device=device)
         zeros = torch.zeros(rows, dtype=torch.long, device=device)
         return SharedTokens(past, ones, zeros, zeros + common)
@@ -285,7 +280,7 @@ def share_tokens(
         cache,
         hidden=False,
     )
-    past = plain_layers(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
+    past = _output_past(out)
     return None if past is None else SharedTokens(past, mask, groups.group, limits)
 
 
